@@ -1,0 +1,85 @@
+"""The backbone interface shared by teachers and students."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..datasets import Dataset
+
+
+@dataclass
+class BackboneOutput:
+    """One forward pass on a batch of (user, positive, negatives).
+
+    ``*_repr`` are the final representations (spec §2.4; SimpleX users before dropout) that KD losses distil;
+    ``pos_scores``/``neg_scores`` are what the base loss uses. ``all_repr()`` gives the final representations of
+    every user and item, computed at most once per step (LightGCN already has them from the forward).
+    """
+
+    users: torch.Tensor            # [B]
+    pos: torch.Tensor              # [B]
+    neg: torch.Tensor              # [B, n_neg]
+    user_repr: torch.Tensor        # [B, d]
+    pos_repr: torch.Tensor         # [B, d]
+    neg_repr: torch.Tensor         # [B, n_neg, d]
+    pos_scores: torch.Tensor       # [B]
+    neg_scores: torch.Tensor       # [B, n_neg]
+    _all_fn: Callable[[], tuple[torch.Tensor, torch.Tensor]] = field(repr=False, default=None)
+    _all: tuple[torch.Tensor, torch.Tensor] | None = field(repr=False, default=None)
+
+    def all_repr(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._all is None:
+            self._all = self._all_fn()
+        return self._all
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    init_std: float = 0.01
+    loss_reduction: str = "sum"   # batch sum (KDs, Kang code) or mean (LightGCN paper); spec §1
+
+
+class Backbone(nn.Module):
+    """A recommender with raw ID tables and final representations; score = ⟨user repr, item repr⟩."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = BackboneConfig
+    negatives_exclude_positives: ClassVar[bool] = True  # BPR backbones: uniform over I \\ I_u^+
+
+    def __init__(self, data: Dataset, dim: int, cfg, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.n_users, self.n_items, self.dim, self.cfg = data.n_users, data.n_items, dim, cfg
+        self.user_emb = nn.Embedding(self.n_users, dim)
+        self.item_emb = nn.Embedding(self.n_items, dim)
+        nn.init.normal_(self.user_emb.weight, std=cfg.init_std)
+        nn.init.normal_(self.item_emb.weight, std=cfg.init_std)
+
+    @property
+    def n_neg(self) -> int:
+        return 1
+
+    def raw_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_emb.weight, self.item_emb.weight
+
+    def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final representations of all users and items (differentiable; eval mode gives pre-dropout users)."""
+        return self.raw_embeddings()
+
+    def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> BackboneOutput:
+        all_u, all_i = self.representations()
+        u, p, n = all_u[users], all_i[pos], all_i[neg]
+        return BackboneOutput(users, pos, neg, u, p, n, (u * p).sum(-1), torch.einsum("bd,bnd->bn", u, n),
+                              _all=(all_u, all_i))
+
+    def loss(self, out: BackboneOutput) -> torch.Tensor:
+        """BPR: −(1/n_neg) Σ_j log σ(ŷ_ui − ŷ_uj), reduced over the batch by ``loss_reduction``."""
+        per_row = F.softplus(out.neg_scores - out.pos_scores[:, None]).mean(1)
+        return self.reduce(per_row)
+
+    def reduce(self, per_row: torch.Tensor) -> torch.Tensor:
+        return per_row.sum() if self.cfg.loss_reduction == "sum" else per_row.mean()

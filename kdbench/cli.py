@@ -1,0 +1,138 @@
+"""Command line: ``kdbench run | list | leaderboard``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from .backbones import BACKBONES
+from .config import PROFILES, ConfigError, load_config_file, parse_set
+from .datasets import DATASETS, DatasetError
+from .methods import CORE_METHODS, DISTILLERS
+from .registry import import_plugin_module
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text) -> list[int]:
+    vals = text if isinstance(text, list) else _csv(str(text))
+    try:
+        return [int(v) for v in vals]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdbench", description=__doc__)
+    sub = p.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="run a grid of cells (default: the embedded synthetic dataset, quick profile)")
+    r.add_argument("--datasets", help="comma list of dataset names or folders (default: synthetic)")
+    r.add_argument("--backbones", help="comma list (default: bprmf)")
+    r.add_argument("--methods", help=f"comma list (default: {','.join(CORE_METHODS)})")
+    r.add_argument("--seeds", help="comma list of ints (default: 0)")
+    r.add_argument("--profile", choices=sorted(PROFILES), help="training budget (default: quick)")
+    r.add_argument("--out", help="output directory (default: kdbench-out)")
+    r.add_argument("--data-root", help="folder holding the real datasets (default: $KDBENCH_DATA)")
+    r.add_argument("--cache-dir", help="teacher cache (default: $KDBENCH_CACHE or ~/.cache/kdbench)")
+    r.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set freqd.alpha=0.3 --set student.lr=1e-3 (repeatable)")
+    r.add_argument("--config", help="TOML file with the same options and a [set] table")
+    r.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module or .py file that registers extra methods/backbones/datasets")
+    r.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or per-cell log lines")
+
+    ls = sub.add_parser("list", help="list methods, backbones or datasets with their hyperparameters")
+    ls.add_argument("kind", nargs="?", choices=["methods", "backbones", "datasets"], default=None)
+    ls.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
+
+    lb = sub.add_parser("leaderboard", help="re-derive the tables of an output directory from its records")
+    lb.add_argument("out")
+    lb.add_argument("--format", choices=["csv", "md", "latex"], default="md")
+    lb.add_argument("--metric", default="ndcg@20")
+    return p
+
+
+def cmd_run(args) -> int:
+    from .grid import GridRunner  # imports torch-heavy modules only when running
+    from .leaderboard import render
+
+    file_cfg = load_config_file(args.config) if args.config else {}
+    for mod in file_cfg.get("imports", []) + args.imports:
+        import_plugin_module(mod)
+    pick = lambda name, default: getattr(args, name) if getattr(args, name) is not None else \
+        file_cfg.get(name, default)  # noqa: E731
+    as_list = lambda v: v if isinstance(v, list) else _csv(v)  # noqa: E731
+    datasets = as_list(pick("datasets", ["synthetic"]))
+    backbones = as_list(pick("backbones", ["bprmf"]))
+    methods = as_list(pick("methods", list(CORE_METHODS)))
+    seeds = _seeds(pick("seeds", [0]))
+    overrides = {**file_cfg.get("set", {}), **parse_set(args.set)}
+    runner = GridRunner(pick("out", "kdbench-out"), pick("data_root", None), pick("cache_dir", None),
+                        pick("device", "cpu"), progress=not args.quiet and sys.stderr.isatty(),
+                        log=(lambda m: None) if args.quiet else None, rerun=args.rerun)
+    summary = runner.run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides)
+    from .leaderboard import load_records, leaderboard
+    print(render(leaderboard(load_records(runner.out)), "md"))
+    print(f"\n{len(summary.ok)} cells run, {len(summary.skipped)} skipped (done before), {len(summary.failed)} "
+          f"failed; records in {runner.out / 'cells'}", file=sys.stderr)
+    return min(len(summary.failed), 100)
+
+
+def _fields(cls) -> str:
+    return ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+
+
+def cmd_list(args) -> int:
+    for mod in args.imports:
+        import_plugin_module(mod)
+    kinds = [args.kind] if args.kind else ["methods", "backbones", "datasets"]
+    for kind in kinds:
+        print(f"{kind}:")
+        if kind == "methods":
+            for name in DISTILLERS.list():
+                cls = DISTILLERS.get(name)
+                defaults = ", ".join(f"{k}={v!r}" for k, v in cls.default_params("bprmf").items())
+                print(f"  {name:16s} {cls.description}\n  {'':16s} defaults: {defaults}")
+                for bb, over in cls.backbone_defaults.items():
+                    print(f"  {'':16s} on {bb}: {over}")
+        elif kind == "backbones":
+            for name in BACKBONES.list():
+                cls = BACKBONES.get(name)
+                print(f"  {name:16s} {cls.description}\n  {'':16s} defaults: {_fields(cls.Config)}")
+        else:
+            for name in DATASETS.list():
+                print(f"  {name:16s} {DATASETS.get(name).description}")
+            print(f"  {'<folder>':16s} any folder with train/test[/valid] or ratings files (README: formats)")
+        for name, why in {**DISTILLERS.broken_plugins, **BACKBONES.broken_plugins}.items():
+            print(f"  {name:16s} BROKEN plugin: {why}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from .leaderboard import render, write_tables
+
+    if not (Path(args.out) / "cells").is_dir():
+        raise ConfigError(f"{args.out}: no cells/ folder; is this a kdbench run output directory?")
+    lb, _ = write_tables(args.out)
+    print(render(lb, args.format, args.metric))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv or [])])
+    try:
+        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard}[args.command](args)
+    except (ConfigError, DatasetError, KeyError, FileNotFoundError, ModuleNotFoundError, ValueError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"kdbench: error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,244 @@
+"""The grid runner: datasets × backbones × methods × seeds, teachers first, one record per cell.
+
+Everything that can be wrong with the request (names, overrides, dataset files) is checked before any training.
+A cell whose record exists with status ``ok`` and the same config hash is skipped; a cell that raises is recorded
+as ``failed`` and the grid goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .backbones import BACKBONES
+from .config import check_overrides, resolve_cell
+from .datasets import DataConfig, Dataset, load_dataset
+from .evaluate import EvalResult, evaluate_model
+from .leaderboard import write_tables
+from .methods import DISTILLERS
+from .records import cell_stem, environment, read_record, write_eval_npz, write_json
+from .teacher import Teacher, TeacherCache, sha256_json
+from .train import RoleConfig, TrainConfig, fit
+
+SCHEMA = 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class GridSummary:
+    ok: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+
+
+def _role(cfg: dict) -> RoleConfig:
+    return RoleConfig(**{k: v for k, v in cfg.items() if k != "backbone"})
+
+
+def _train_cfg(cfg: dict) -> TrainConfig:
+    return TrainConfig(**{k: v for k, v in cfg["train"].items() if k != "profile"})
+
+
+def _build(ds: Dataset, backbone: str, role_cfg: dict, seed: int, device: torch.device):
+    cls = BACKBONES.get(backbone)
+    seed_everything(seed)  # init independent of any RNG use before it (spec §6)
+    return cls(ds, role_cfg["dim"], cls.Config(**role_cfg["backbone"]), device).to(device)
+
+
+def teacher_spec(cfg: dict, ds: Dataset) -> dict:
+    """Everything that determines a trained teacher (the cache key's inputs)."""
+    return {"dataset": ds.fingerprint, "data": cfg["data"], "backbone": cfg["backbone"], "teacher": cfg["teacher"],
+            "train": {k: v for k, v in cfg["train"].items() if k != "profile"}, "seed": cfg["seed"]}
+
+
+def config_hash(cfg: dict, ds: Dataset) -> str:
+    return sha256_json({"config": cfg, "dataset": ds.fingerprint, "kdbench": __version__})
+
+
+class GridRunner:
+    def __init__(self, out: str | Path, data_root=None, cache_dir=None, device: str = "cpu",
+                 progress: bool = False, log: Callable[[str], None] | None = None, rerun: bool = False):
+        self.out = Path(out)
+        self.data_root = data_root
+        self.cache = TeacherCache(cache_dir)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+        self.progress = progress
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.rerun = rerun
+        self._datasets: dict[tuple, Dataset] = {}
+
+    # -- planning -------------------------------------------------------------------------------------------
+    def plan(self, datasets, backbones, methods, seeds, profile, overrides) -> list[dict]:
+        """Validate the whole request and return the resolved cell configs (raises before any training)."""
+        for b in backbones:
+            BACKBONES.get(b)
+        for m in methods:
+            DISTILLERS.get(m)
+        check_overrides(overrides, backbones, methods)
+        cells = []
+        for d in datasets:
+            for b in backbones:
+                for s in seeds:
+                    for m in methods:
+                        cells.append(resolve_cell(self.dataset(d, overrides).name, b, m, s, profile, overrides))
+        return cells
+
+    def dataset(self, name: str, overrides: dict | None = None, data_cfg: dict | None = None) -> Dataset:
+        if data_cfg is None:
+            data_cfg = dataclasses.asdict(DataConfig())
+            for k, v in (overrides or {}).items():
+                if k.startswith("data."):
+                    data_cfg[k[5:]] = v
+        key = (name, tuple(sorted(data_cfg.items())))
+        if key not in self._datasets:
+            ds = load_dataset(name, self.data_root, DataConfig(**data_cfg))
+            self._datasets[key] = ds
+            self._datasets[(ds.name, key[1])] = ds
+        return self._datasets[key]
+
+    # -- running --------------------------------------------------------------------------------------------
+    def run(self, datasets, backbones, methods, seeds, profile="quick", overrides=None) -> GridSummary:
+        overrides = overrides or {}
+        cells = self.plan(datasets, backbones, methods, seeds, profile, overrides)
+        summary = GridSummary()
+        groups: dict[tuple, list[dict]] = {}
+        for c in cells:
+            groups.setdefault((c["dataset"], c["backbone"], c["seed"]), []).append(c)
+        n, i = len(cells) + len(groups), 0
+        for (dname, bname, seed), group in groups.items():
+            ds = self.dataset(dname, data_cfg=group[0]["data"])
+            teacher = None
+            i += 1
+            try:
+                teacher, t_info = self._teacher_cell(ds, group[0], summary, f"[{i}/{n}]")
+            except Exception as exc:  # every cell of the group needs this teacher
+                t_info = {"error": f"teacher failed: {type(exc).__name__}: {exc}"}
+                self.log(f"[{i}/{n}] {dname} {bname} teacher seed{seed}: FAILED {exc}")
+            for cfg in group:
+                i += 1
+                self._method_cell(ds, cfg, teacher, t_info, summary, f"[{i}/{n}]")
+        write_tables(self.out)
+        return summary
+
+    def _skip(self, path: Path, chash: str) -> bool:
+        rec = read_record(path)
+        return not self.rerun and rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == chash
+
+    def _teacher_cell(self, ds: Dataset, cfg: dict, summary: GridSummary, tag: str):
+        spec = teacher_spec(cfg, ds)
+        key = self.cache.key(spec)
+        tcfg = {**{k: cfg[k] for k in ("dataset", "data", "backbone", "teacher", "train", "eval", "seed")},
+                "method": {"name": "teacher", "params": {}}}
+        stem = cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])
+        path = self.out / "cells" / f"{stem}.json"
+        chash = config_hash(tcfg, ds)
+        model = _build(ds, cfg["backbone"], cfg["teacher"], cfg["seed"], self.device)
+        manifest = self.cache.load(key, model)
+        if manifest is None:
+            self.log(f"{tag} {stem}: training teacher (d={cfg['teacher']['dim']}) ...")
+            started = _now()
+            res = fit(model, ds, _role(cfg["teacher"]), _train_cfg(cfg), cfg["seed"], progress=self.progress,
+                      desc=f"teacher {ds.name}/{cfg['backbone']}")
+            test = evaluate_model(model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
+            manifest = {"key": key, "spec": spec, "metrics": test.means, "valid_metrics": res.best_valid,
+                        "best_epoch": res.best_epoch, "epochs": res.epochs, "timing": res.timing,
+                        "history": res.history, "started_at": started, "finished_at": _now(),
+                        "environment": environment(self.device)}
+            self.cache.save(key, model, manifest)
+            cached = False
+        else:
+            cached = True
+            test = None
+        t_info = {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
+                  "best_epoch": manifest["best_epoch"]}
+        if self._skip(path, chash):
+            summary.skipped.append(stem)
+            self.log(f"{tag} {stem}: done before, skipped")
+        else:
+            if test is None:
+                test = evaluate_model(model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
+            record = self._record(ds, tcfg, chash, t_info, test, manifest, status="ok")
+            record["teacher_cache"] = {"key": key, "hit": cached}
+            write_eval_npz(path.with_suffix(".npz"), test, ds)
+            write_json(path, record)
+            summary.ok.append(stem)
+            self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f}"
+                     f" ({'cached' if cached else 'trained'})")
+        return Teacher(model, ds), t_info
+
+    def _method_cell(self, ds: Dataset, cfg: dict, teacher: Teacher | None, t_info: dict, summary: GridSummary,
+                     tag: str) -> None:
+        method = cfg["method"]["name"]
+        stem = cell_stem(ds.name, cfg["backbone"], method, cfg["seed"])
+        path = self.out / "cells" / f"{stem}.json"
+        chash = config_hash(cfg, ds)
+        if self._skip(path, chash):
+            summary.skipped.append(stem)
+            self.log(f"{tag} {stem}: done before, skipped")
+            return
+        started = _now()
+        try:
+            cls = DISTILLERS.get(method)
+            if teacher is None and cls.needs_teacher:
+                raise RuntimeError(t_info.get("error", "no teacher"))
+            student = _build(ds, cfg["backbone"], cfg["student"], cfg["seed"], self.device)
+            distiller = cls(teacher, student, ds, cls.Config(**cfg["method"]["params"])).to(self.device)
+            self.log(f"{tag} {stem}: training ...")
+            res = fit(student, ds, _role(cfg["student"]), _train_cfg(cfg), cfg["seed"], distiller,
+                      weight=cfg["method"]["params"]["weight"], progress=self.progress,
+                      desc=f"{method} {ds.name}/{cfg['backbone']}")
+            test = evaluate_model(student, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
+        except Exception as exc:
+            record = self._record(ds, cfg, chash, t_info, None, None, status="failed")
+            record.update(error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(limit=8).splitlines()[-12:], started_at=started)
+            write_json(path, record)
+            summary.failed.append(stem)
+            self.log(f"{tag} {stem}: FAILED {type(exc).__name__}: {exc}")
+            return
+        info = {"best_epoch": res.best_epoch, "epochs": res.epochs, "valid_metrics": res.best_valid,
+                "timing": res.timing, "history": res.history, "started_at": started, "finished_at": _now()}
+        record = self._record(ds, cfg, chash, t_info, test, info, status="ok")
+        record["method_origin"] = DISTILLERS.origin(method)
+        write_eval_npz(path.with_suffix(".npz"), test, ds)
+        write_json(path, record)
+        summary.ok.append(stem)
+        self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f} "
+                 f"epochs={res.epochs} epoch_s={res.timing['epoch_s']:.3f}")
+
+    def _record(self, ds: Dataset, cfg: dict, chash: str, t_info: dict, test: EvalResult | None,
+                info: dict | None, status: str) -> dict:
+        info = info or {}
+        return {"schema": SCHEMA, "dataset": ds.describe(), "backbone": cfg["backbone"],
+                "method": cfg["method"]["name"], "seed": cfg["seed"], "profile": cfg["train"]["profile"],
+                "config": cfg, "config_hash": chash,
+                "teacher": {k: v for k, v in t_info.items() if k != "error"},
+                "metrics": test.means if test is not None else None,
+                "valid_metrics": info.get("valid_metrics"), "n_test_users": len(test.users) if test else None,
+                "best_epoch": info.get("best_epoch"), "epochs": info.get("epochs"),
+                "timing": info.get("timing"), "history": info.get("history"),
+                "started_at": info.get("started_at"), "finished_at": info.get("finished_at"),
+                "environment": environment(self.device), "status": status, "error": None}

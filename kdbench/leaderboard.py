@@ -1,0 +1,118 @@
+"""Tables derived from the cell records: ``leaderboard.csv`` and ``timing.csv`` (never hand-edited)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .evaluate import METRICS
+from .records import atomic_write_text
+
+LEADERBOARD_COLUMNS = (["dataset", "backbone", "method", "seeds", *METRICS, *[f"{m}_std" for m in METRICS],
+                        "gain_ndcg@20_pct", "gain_recall@20_pct"])
+TIMING_COLUMNS = ["dataset", "backbone", "method", "epoch_s", "overhead_x", "precompute_s", "eval_s", "train_s",
+                  "peak_rss_mb"]
+
+
+def load_records(out: str | Path) -> list[dict]:
+    recs = []
+    for p in sorted((Path(out) / "cells").glob("*.json")):
+        try:
+            recs.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue  # a corrupt record is reported by the grid, not fatal to the tables
+    return recs
+
+
+def _method_order(methods) -> list[str]:
+    first = [m for m in ("teacher", "student") if m in methods]
+    return first + sorted(m for m in methods if m not in first)
+
+
+def _ok_frame(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        if r.get("status") != "ok" or not r.get("metrics"):
+            continue
+        t = r.get("timing") or {}
+        rows.append({"dataset": r["dataset"]["name"], "backbone": r["backbone"], "method": r["method"],
+                     "seed": r["seed"], **{m: r["metrics"][m] for m in METRICS},
+                     "epoch_s": t.get("epoch_s"), "precompute_s": t.get("precompute_s", 0.0),
+                     "eval_s": t.get("eval_s"), "train_s": t.get("train_s"), "peak_rss_mb": t.get("peak_rss_mb")})
+    return pd.DataFrame(rows)
+
+
+def leaderboard(records: list[dict]) -> pd.DataFrame:
+    df = _ok_frame(records)
+    if df.empty:
+        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+    g = df.groupby(["dataset", "backbone", "method"], sort=False)
+    mean = g[list(METRICS)].mean()
+    std = g[list(METRICS)].std(ddof=1).add_suffix("_std")  # NaN (empty) with a single seed
+    out = pd.concat([g["seed"].count().rename("seeds"), mean, std], axis=1).reset_index()
+    for metric in ("ndcg@20", "recall@20"):
+        ref = out[out["method"] == "student"].set_index(["dataset", "backbone"])[metric]
+        base = out.set_index(["dataset", "backbone"]).index.map(lambda k: ref.get(k, np.nan))
+        out[f"gain_{metric}_pct"] = (out[metric].to_numpy() / np.asarray(base, dtype=float) - 1) * 100
+    out["_order"] = out["method"].map({m: i for i, m in enumerate(_method_order(out["method"].unique()))})
+    out = out.sort_values(["dataset", "backbone", "_order"]).drop(columns="_order")
+    return out[LEADERBOARD_COLUMNS].reset_index(drop=True)
+
+
+def timing(records: list[dict]) -> pd.DataFrame:
+    df = _ok_frame(records)
+    if df.empty:
+        return pd.DataFrame(columns=TIMING_COLUMNS)
+    cols = ["epoch_s", "precompute_s", "eval_s", "train_s", "peak_rss_mb"]
+    out = df.groupby(["dataset", "backbone", "method"], sort=False)[cols].mean().reset_index()
+    ref = out[out["method"] == "student"].set_index(["dataset", "backbone"])["epoch_s"]
+    base = out.set_index(["dataset", "backbone"]).index.map(lambda k: ref.get(k, np.nan))
+    out["overhead_x"] = out["epoch_s"].to_numpy() / np.asarray(base, dtype=float)
+    out["_order"] = out["method"].map({m: i for i, m in enumerate(_method_order(out["method"].unique()))})
+    out = out.sort_values(["dataset", "backbone", "_order"]).drop(columns="_order")
+    return out[TIMING_COLUMNS].reset_index(drop=True)
+
+
+def write_tables(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    recs = load_records(out)
+    lb, tm = leaderboard(recs), timing(recs)
+    atomic_write_text(Path(out) / "leaderboard.csv", lb.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(Path(out) / "timing.csv", tm.to_csv(index=False, float_format="%.6g"))
+    return lb, tm
+
+
+def render(lb: pd.DataFrame, fmt: str = "md", metric: str = "ndcg@20") -> str:
+    """A human table of the leaderboard: mean ± std per metric, best student per (dataset, backbone) in bold."""
+    if fmt == "csv":
+        return lb.to_csv(index=False, float_format="%.6g")
+    if metric not in METRICS:
+        raise ValueError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
+    shown = [metric] + [m for m in ("recall@20", "ndcg@20") if m != metric]
+    rows = []
+    for (d, b), grp in lb.groupby(["dataset", "backbone"], sort=False):
+        students = grp[grp["method"] != "teacher"]
+        best = {m: students[m].max() for m in shown}
+        for _, r in grp.iterrows():
+            row = {"dataset": d, "backbone": b, "method": r["method"], "seeds": int(r["seeds"])}
+            for m in shown:
+                cell = f"{r[m]:.4f}" + (f" ± {r[m + '_std']:.4f}" if pd.notna(r[m + "_std"]) else "")
+                if r["method"] != "teacher" and np.isclose(r[m], best[m]):
+                    cell = f"**{cell}**" if fmt == "md" else f"\\textbf{{{cell}}}"
+                row[m] = cell
+            gain = r.get(f"gain_{metric}_pct")
+            row[f"gain {metric}"] = "" if pd.isna(gain) or r["method"] == "student" else f"{gain:+.1f}%"
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if fmt == "md":
+        return table.to_markdown(index=False)
+    if fmt == "latex":
+        cols = list(table.columns)
+        esc = lambda s: str(s).replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$")  # noqa: E731
+        lines = ["\\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}", "\\toprule",
+                 " & ".join(esc(c) for c in cols) + " \\\\", "\\midrule"]
+        lines += [" & ".join(esc(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        return "\n".join(lines)
+    raise ValueError(f"--format {fmt!r}: choose csv, md or latex")

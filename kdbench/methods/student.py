@@ -1,0 +1,13 @@
+"""Student only (no distillation): the reference row for gains, significance and timing overhead (spec §4.1)."""
+from __future__ import annotations
+
+from .base import Distiller, register_distiller
+
+
+@register_distiller("student")
+class StudentOnly(Distiller):
+    description = "no distillation: the student trained alone with its base loss (the reference row)"
+    needs_teacher = False
+
+    def loss(self, out):
+        return {}

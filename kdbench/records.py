@@ -1,0 +1,111 @@
+"""Output-directory contract: atomic writes of per-cell JSON records and per-user ``.npz`` files.
+
+``OUT/cells/<dataset>__<backbone>__<method>__seed<k>.json`` and ``.npz`` (ids as in the dataset's files).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .datasets import Dataset
+from .evaluate import EvalResult
+
+
+def cell_stem(dataset: str, backbone: str, method: str, seed: int) -> str:
+    safe = lambda s: re.sub(r"[^A-Za-z0-9._+-]", "_", s)  # noqa: E731
+    return f"{safe(dataset)}__{safe(backbone)}__{safe(method)}__seed{seed}"
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(fh)`` on a temp file next to ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.ndarray, tuple)):
+        return list(o)
+    return str(o)
+
+
+def write_eval_npz(path: Path, res: EvalResult, ds: Dataset) -> None:
+    """Per-user test metrics and top-50 lists in the dataset's own ids, checkable without kdbench."""
+    arrays = {"users": ds.user_ids[res.users], "topk": ds.item_ids[res.topk]}
+    arrays.update(res.per_user)
+    atomic_write_bytes(Path(path), lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def read_record(path: Path) -> dict | None:
+    """A record, or None when it is missing or unreadable (a corrupt file counts as not done)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> dict:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+@lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict:
+    env = {"kdbench": __version__, **{f"git_{k}": v for k, v in git_commit().items()},
+           "python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+           "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+           "threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env

@@ -1,0 +1,147 @@
+"""The one training loop for teachers and students (spec §1 "Generic KD step", §3.4 early stopping).
+
+Each epoch visits every training pair once in a fresh permutation; negatives are drawn per batch on device. The
+loss is ``base + weight · Σ distiller terms``; the loop knows nothing about any particular method. Validation
+NDCG@20 is checked every ``eval_every`` epochs, training stops after ``patience`` checks without improvement, and
+the best-epoch weights are restored.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .datasets import Dataset
+from .evaluate import evaluate_model
+from .sampling import PairMembership, sample_excluding
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    """What a teacher or a student is trained with (spec §2.5)."""
+    dim: int = 20
+    lr: float = 1e-3
+    wd: float = 1e-3              # Adam's coupled L2, as KDs
+    batch_size: int = 2048
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_epochs: int = 1000
+    patience: int = 30            # evaluations without improvement
+    eval_every: int = 1
+    early_stop: str = "ndcg@20"   # validation metric monitored
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    epochs: int
+    best_valid: dict
+    history: list = field(default_factory=list)   # per evaluated epoch: epoch, losses, valid metric, epoch_s
+    timing: dict = field(default_factory=dict)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed: int,
+        distiller=None, weight: float = 0.0, progress: bool = False, desc: str = "") -> TrainResult:
+    """Train ``model`` (and the distiller's own modules) in place; restore the best-validation weights."""
+    device = model.user_emb.weight.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pairs = torch.from_numpy(ds.train).to(device)
+    seen = PairMembership(pairs, ds.n_items) if model.negatives_exclude_positives else None
+    params = list(model.parameters())
+    if distiller is not None:
+        own = [p for p in distiller.parameters() if p.requires_grad]
+        teacher_ids = {id(p) for p in distiller.teacher_parameters()}
+        if any(id(p) in teacher_ids for p in own):  # a frozen teacher must never reach the optimiser
+            raise RuntimeError(f"distiller {distiller.name!r} exposes teacher parameters as trainable")
+        params += own
+    opt = torch.optim.Adam(params, lr=role.lr, weight_decay=role.wd)
+
+    timing = {"precompute_s": 0.0, "eval_s": 0.0, "n_evals": 0}
+    if distiller is not None:
+        _sync(device)
+        t0 = time.perf_counter()
+        distiller.precompute()
+        _sync(device)
+        timing["precompute_s"] = time.perf_counter() - t0
+
+    best, best_epoch, best_state, best_valid, bad = -math.inf, 0, None, {}, 0
+    epoch_times, history = [], []
+    bar = tqdm(range(train.max_epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    epoch = 0
+    for epoch in bar:
+        model.train()
+        _sync(device)
+        t0 = time.perf_counter()
+        if distiller is not None:
+            distiller.on_epoch_start(epoch)
+        perm = torch.randperm(len(pairs), device=device, generator=gen)
+        sums: dict[str, torch.Tensor] = {}
+        for s in range(0, len(pairs), role.batch_size):
+            batch = pairs[perm[s:s + role.batch_size]]
+            users, pos = batch[:, 0], batch[:, 1]
+            if seen is not None:
+                neg = sample_excluding(users, model.n_neg, ds.n_items, seen, gen)
+            else:
+                neg = torch.randint(ds.n_items, (len(users), model.n_neg), device=device, generator=gen)
+            out = model(users, pos, neg)
+            terms = {"base": model.loss(out)}
+            loss = terms["base"]
+            if distiller is not None:
+                kd_terms = distiller.loss(out)
+                if kd_terms:
+                    loss = loss + weight * sum(kd_terms.values())
+                terms.update(kd_terms)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+        _sync(device)
+        epoch_times.append(time.perf_counter() - t0)
+        losses = {k: float(v) for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch}: {losses}")
+        if (epoch + 1) % train.eval_every:
+            continue
+        t0 = time.perf_counter()
+        valid = evaluate_model(model, ds, "valid").means
+        timing["eval_s"] += time.perf_counter() - t0
+        timing["n_evals"] += 1
+        score = valid[train.early_stop]
+        history.append({"epoch": epoch, "losses": losses, "valid_" + train.early_stop: score,
+                        "epoch_s": epoch_times[-1]})
+        bar.set_postfix({train.early_stop: f"{score:.4f}", "best": f"{max(best, score):.4f}"})
+        if score > best:
+            best, best_epoch, best_valid, bad = score, epoch, valid, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= train.patience:
+                break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    timed = epoch_times[1:] if len(epoch_times) > 1 else epoch_times  # the first epoch is warm-up
+    timing.update(epoch_s=statistics.median(timed) if timed else 0.0, train_s=sum(epoch_times),
+                  eval_s_per_pass=timing["eval_s"] / max(timing["n_evals"], 1), peak_rss_mb=peak_rss_mb())
+    if device.type == "cuda":
+        timing["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return TrainResult(best_epoch + 1, epoch + 1, best_valid, history, timing)
