@@ -111,7 +111,7 @@ class Teacher:
 
     def scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Teacher scores for ``users`` [B] against ``items`` [B, K]."""
-        return torch.einsum("bd,bkd->bk", self.user_repr[users], self.item_repr[items])
+        return torch.bmm(self.item_repr[items], self.user_repr[users].unsqueeze(2)).squeeze(2)
 
     def topk(self, k: int) -> torch.Tensor:
         """[n_users, k] teacher top-k items per user with training items masked (computed once per k)."""

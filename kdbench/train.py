@@ -53,6 +53,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def make_adam(params: list, role: RoleConfig) -> torch.optim.Adam:
+    """Adam with coupled L2 (``weight_decay``), as KDs. The fused kernel is ~10x faster on CPU for the large
+    embedding tables, whose every row is updated every step through the decay term."""
+    try:
+        return torch.optim.Adam(params, lr=role.lr, weight_decay=role.wd, fused=True)
+    except (RuntimeError, TypeError):  # old torch or a device without a fused kernel
+        return torch.optim.Adam(params, lr=role.lr, weight_decay=role.wd)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -72,7 +81,7 @@ def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed
         if any(id(p) in teacher_ids for p in own):  # a frozen teacher must never reach the optimiser
             raise RuntimeError(f"distiller {distiller.name!r} exposes teacher parameters as trainable")
         params += own
-    opt = torch.optim.Adam(params, lr=role.lr, weight_decay=role.wd)
+    opt = make_adam(params, role)
 
     timing = {"precompute_s": 0.0, "eval_s": 0.0, "n_evals": 0}
     if distiller is not None:

@@ -52,7 +52,7 @@ def _need(root: Path | None, rel: str, name: str) -> Path:
                        "folder that holds it (see the README's 'Datasets' section)")
 
 
-@_dataset("synthetic", "embedded planted low-rank data with popularity skew (3,000 users, 2,000 items); no files")
+@_dataset("synthetic", "embedded planted low-rank data with popularity skew (2,000 users, 1,500 items); no files")
 def _synthetic(root: Path | None, cfg: DataConfig) -> Dataset:
     return make_synthetic(split_seed=cfg.split_seed)
 

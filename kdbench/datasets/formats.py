@@ -4,9 +4,10 @@ Formats (each file optionally gzipped, detected by the ``.gz`` suffix):
 
 * **list** (LightGCN): ``user item item ...`` one user per line, whitespace separated.
 * **count-list** (CiteULike ``users.dat``): line k belongs to user k: ``count item item ...``.
-* **pairs**: ``user<sep>item[<sep>more columns]`` with sep comma, tab or whitespace and an optional header line;
+* **pairs**: ``user<sep>item[<sep>more columns]`` with sep comma, tab or ``::`` and an optional header line;
   only the first two columns are used (ratings/timestamps are ignored), every line must have the same number of
-  columns.
+  columns. Whitespace-separated pairs with extra columns need ``--set data.format=pairs`` (whitespace files are
+  read as lists by default).
 """
 from __future__ import annotations
 
@@ -54,25 +55,14 @@ def _split_line(line: str, sep: str | None) -> list[str]:
 
 
 def detect_format(path: Path, lines: list[str]) -> tuple[str, str | None]:
-    """Return (format, separator) for a file, or raise when it is ambiguous."""
-    body = [ln for ln in lines[:2000] if ln.strip()]
+    """(format, separator): comma, tab or ``::`` separated files (or .csv/.tsv names) are pairs; whitespace
+    separated ones are LightGCN lists (a line of two ids reads the same either way)."""
+    last = next(ln for ln in reversed(lines) if ln.strip())
     name = path.name.lower().removesuffix(".gz")
-    sep = None
-    if "\t" in body[-1] or name.endswith(".tsv"):
-        sep = "\t"
-    elif "," in body[-1] or name.endswith(".csv"):
-        sep = ","
-    if sep is not None:
-        return "pairs", sep
-    counts = {len(ln.split()) for ln in body[1:] or body}
-    if len(counts) > 1 or counts == {1}:
-        return "list", None
-    if counts == {2}:
-        return "pairs", None
-    raise DatasetError(
-        f"{path}: every line has {counts.pop()} whitespace-separated columns, which could be either a LightGCN "
-        "list (user item item ...) or user/item pairs with extra columns; say which with "
-        "--set data.format=list or --set data.format=pairs")
+    for sep, ext in (("\t", ".tsv"), (",", ".csv"), ("::", None)):
+        if sep in last or (ext and name.endswith(ext)):
+            return "pairs", sep
+    return "list", None
 
 
 def read_interactions(path: Path, fmt: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +75,8 @@ def read_interactions(path: Path, fmt: str = "auto") -> tuple[np.ndarray, np.nda
     if fmt == "auto":
         fmt, sep = detect_format(path, lines)
     elif fmt == "pairs":
-        sep = "\t" if "\t" in lines[-1] else ("," if "," in lines[-1] else None)
+        last = next(ln for ln in reversed(lines) if ln.strip())
+        sep = next((c for c in ("\t", ",", "::") if c in last), None)
     users: list[int] = []
     items: list[int] = []
     linenos: list[int] = []

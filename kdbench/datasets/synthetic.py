@@ -14,8 +14,8 @@ from .base import Dataset
 from .splits import random_split
 
 
-def make_synthetic(n_users: int = 3000, n_items: int = 2000, rank: int = 64, mean_items: float = 40.0,
-                   temperature: float = 0.25, popularity: float = 0.8, seed: int = 0, split_seed: int = 0
+def make_synthetic(n_users: int = 2000, n_items: int = 1500, rank: int = 64, mean_items: float = 80.0,
+                   temperature: float = 0.15, popularity: float = 0.8, seed: int = 0, split_seed: int = 0
                    ) -> Dataset:
     rng = np.random.default_rng(seed)
     scale = 1.0 / np.sqrt(1.0 + np.arange(rank) / 8.0)  # slowly decaying spectrum: many directions matter

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..graph import csr_rows, normalized_adjacency, symmetric_spmm, to_torch_csr
+from ..graph import normalized_adjacency, row_block_spmm, symmetric_spmm, to_torch_csr
 from ._common import batch_entities, make_projector, student_features, template_sum
 from .base import Distiller, DistillerConfig, register_distiller, register_variant
 
@@ -58,7 +58,7 @@ def apply_filter(adj: torch.Tensor, x: torch.Tensor, coeffs: list[float], rows: 
     for j, c in enumerate(coeffs[1:], 1):
         last = j == len(coeffs) - 1
         if rows is not None and last:
-            out = out + c * (csr_rows(adj, rows) @ y)
+            out = out + c * row_block_spmm(adj, rows, y)
         else:
             y = symmetric_spmm(adj, y)
             out = out + c * (y if rows is None else y[rows])

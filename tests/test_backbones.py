@@ -1,0 +1,82 @@
+"""Backbones against their formulas, the negative sampler, and the teacher cache."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdbench.backbones import BACKBONES
+from kdbench.graph import normalized_adjacency
+from kdbench.sampling import PairMembership, sample_excluding
+from kdbench.teacher import TeacherCache
+from kdbench.train import RoleConfig, TrainConfig, fit
+
+
+def test_lightgcn_matches_dense_propagation(tiny):
+    B = BACKBONES.get("lightgcn")
+    m = B(tiny, 6, B.Config(n_layers=3))
+    a = torch.tensor(normalized_adjacency(tiny).toarray())
+    x = torch.cat([m.user_emb.weight, m.item_emb.weight]).detach()
+    layers = [x]
+    for _ in range(3):
+        layers.append(a @ layers[-1])
+    expect = torch.stack(layers).mean(0)
+    u, i = m.representations()
+    torch.testing.assert_close(torch.cat([u, i]).detach(), expect, atol=1e-5, rtol=1e-4)
+
+
+def test_simplex_user_is_gated_history_mean(tiny):
+    B = BACKBONES.get("simplex")
+    cfg = dataclasses.replace(B.Config(), max_len=3, gamma=0.3, num_ns=4)
+    m = B(tiny, 5, cfg).eval()
+    u_all, i_all = m.representations()
+    r = tiny.csr("train")
+    for u in (0, 7):
+        hist = r.indices[r.indptr[u]:r.indptr[u + 1]][-3:]  # the last max_len training items
+        h = m.item_emb.weight[torch.from_numpy(hist.astype(np.int64))].mean(0)
+        p = 0.3 * m.user_emb.weight[u] + 0.7 * m.w_v(h)
+        torch.testing.assert_close(u_all[u], F.normalize(p, dim=0), atol=1e-5, rtol=1e-4)
+    out = m(torch.tensor([0, 7]), torch.tensor([1, 2]), torch.randint(tiny.n_items, (2, 4)))
+    torch.testing.assert_close(out.user_repr, u_all[[0, 7]])
+    assert torch.allclose(i_all.norm(dim=1), torch.ones(tiny.n_items))
+
+
+def test_bpr_loss_value():
+    from kdbench.backbones.base import BackboneOutput
+    B = BACKBONES.get("bprmf")
+    out = BackboneOutput(*(torch.zeros(2),) * 6, pos_scores=torch.tensor([2.0, 0.0]),
+                         neg_scores=torch.tensor([[0.0], [1.0]]))
+    m = B.__new__(B)
+    m.cfg = B.Config()
+    expect = -np.log(1 / (1 + np.exp(-2.0))) - np.log(1 / (1 + np.exp(1.0)))
+    assert float(m.loss(out)) == pytest.approx(expect, rel=1e-6)
+
+
+def test_negative_sampler_excludes_training_items(tiny):
+    pairs = torch.from_numpy(tiny.train)
+    seen = PairMembership(pairs, tiny.n_items)
+    users = pairs[:, 0].repeat(5)
+    neg = sample_excluding(users, 3, tiny.n_items, seen, torch.Generator().manual_seed(0))
+    assert not seen.contains(users[:, None].expand_as(neg), neg).any()
+    assert seen.contains(pairs[:, 0], pairs[:, 1]).all()
+    # roughly uniform over the allowed items
+    counts = np.bincount(neg.flatten().numpy(), minlength=tiny.n_items)
+    assert (counts > 0).mean() > 0.95
+
+
+def test_teacher_cache_hit_and_miss(tiny, tmp_path):
+    cache = TeacherCache(tmp_path)
+    B = BACKBONES.get("bprmf")
+    spec = {"dataset": tiny.fingerprint, "dim": 8, "seed": 0}
+    key = cache.key(spec)
+    assert key == cache.key(dict(reversed(list(spec.items()))))  # order independent
+    assert key != cache.key({**spec, "dim": 16}) and key != cache.key({**spec, "seed": 1})
+    m = B(tiny, 8, B.Config())
+    assert cache.load(key, m) is None
+    fit(m, tiny, RoleConfig(dim=8, lr=1e-2, wd=0, batch_size=128), TrainConfig(max_epochs=2, patience=2), seed=0)
+    cache.save(key, m, {"metrics": {"ndcg@20": 0.5}})
+    fresh = B(tiny, 8, B.Config())
+    assert cache.load(key, fresh) == {"metrics": {"ndcg@20": 0.5}}
+    torch.testing.assert_close(fresh.user_emb.weight, m.user_emb.weight)
+    assert not list(cache.path(key).parent.glob(".*"))  # no temp directories left behind

@@ -1,0 +1,123 @@
+"""The CLI end to end on tiny data: the output contract, independent metric checks, resume, errors."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdbench.cli import main
+from kdbench.evaluate import METRICS
+from kdbench.leaderboard import LEADERBOARD_COLUMNS, TIMING_COLUMNS
+
+QUICK = ["--set", "train.max_epochs=3", "--set", "train.patience=2", "--set", "teacher.dim=16",
+         "--set", "student.dim=4", "--quiet"]
+
+
+def _read_pairs(path):
+    pairs = []
+    for line in path.read_text().splitlines():
+        toks = list(map(int, line.split()))
+        pairs += [(toks[0], i) for i in toks[1:]]
+    return pairs
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_folder):
+    out = tmp_path / "out"
+    code = main(["run", "--datasets", str(tiny_folder), "--backbones", "bprmf", "--methods",
+                 "student,fitnet,freqd,kd", "--seeds", "0", "--out", str(out), *QUICK])
+    assert code == 0
+    return out
+
+
+def test_run_writes_the_documented_files(run_dir, tiny_folder):
+    cells = sorted(p.name for p in (run_dir / "cells").iterdir())
+    stems = [f"tinyds__bprmf__{m}__seed0" for m in ("fitnet", "freqd", "kd", "student", "teacher")]
+    assert cells == sorted([s + ext for s in stems for ext in (".json", ".npz")])
+    rec = json.loads((run_dir / "cells" / "tinyds__bprmf__freqd__seed0.json").read_text())
+    for key in ("dataset", "backbone", "method", "seed", "config", "config_hash", "teacher", "metrics",
+                "valid_metrics", "best_epoch", "epochs", "timing", "environment", "status"):
+        assert key in rec, key
+    assert rec["status"] == "ok" and set(rec["metrics"]) == set(METRICS)
+    assert len(rec["dataset"]["fingerprint"]) == 64 and len(rec["config_hash"]) == 64
+    assert {"epoch_s", "precompute_s", "eval_s", "train_s", "peak_rss_mb"} <= set(rec["timing"])
+    assert rec["teacher"]["metrics"]["ndcg@20"] >= 0 and rec["config"]["method"]["params"]["alpha"] == 0.2
+    assert {"torch", "python", "cpu", "threads", "device", "kdbench"} <= set(rec["environment"])
+    lb = pd.read_csv(run_dir / "leaderboard.csv")
+    assert list(lb.columns) == LEADERBOARD_COLUMNS
+    assert lb["method"].tolist() == ["teacher", "student", "fitnet", "freqd", "kd"]
+    assert math.isnan(lb.loc[lb.method == "student", "gain_ndcg@20_pct"].item()) is False
+    tm = pd.read_csv(run_dir / "timing.csv")
+    assert list(tm.columns) == TIMING_COLUMNS
+    assert tm.loc[tm.method == "student", "overhead_x"].item() == pytest.approx(1.0)
+
+
+def test_saved_topk_reproduce_the_metrics_without_kdbench(run_dir, tiny_folder):
+    """Recompute Recall/NDCG@20 from the .npz top-50 lists and the raw test file, in the file's own ids."""
+    test = _read_pairs(tiny_folder / "test.txt")
+    targets = {}
+    for u, i in test:
+        targets.setdefault(u, set()).add(i)
+    for method in ("teacher", "freqd"):
+        z = np.load(run_dir / "cells" / f"tinyds__bprmf__{method}__seed0.npz")
+        rec = json.loads((run_dir / "cells" / f"tinyds__bprmf__{method}__seed0.json").read_text())
+        assert set(z["users"].tolist()) == set(targets)
+        rec_, ndcg = [], []
+        for u, top in zip(z["users"], z["topk"]):
+            g = targets[int(u)]
+            hits = [int(i) in g for i in top[:20]]
+            rec_.append(sum(hits) / len(g))
+            dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
+            idcg = sum(1 / math.log2(r + 2) for r in range(min(len(g), 20)))
+            ndcg.append(dcg / idcg)
+        assert np.mean(rec_) == pytest.approx(rec["metrics"]["recall@20"], abs=1e-6)
+        assert np.mean(ndcg) == pytest.approx(rec["metrics"]["ndcg@20"], abs=1e-6)
+        np.testing.assert_allclose(z["ndcg@20"], ndcg, atol=1e-6)
+
+
+def test_rerun_skips_done_cells_and_leaderboard_command(run_dir, tiny_folder, capsys):
+    before = (run_dir / "cells" / "tinyds__bprmf__kd__seed0.json").read_text()
+    code = main(["run", "--datasets", str(tiny_folder), "--methods", "student,fitnet,freqd,kd", "--out",
+                 str(run_dir), *QUICK])
+    assert code == 0
+    assert (run_dir / "cells" / "tinyds__bprmf__kd__seed0.json").read_text() == before
+    capsys.readouterr()
+    assert main(["leaderboard", str(run_dir), "--format", "latex"]) == 0
+    out = capsys.readouterr().out
+    assert "\\toprule" in out and "freqd" in out
+    assert main(["leaderboard", str(run_dir), "--format", "md", "--metric", "recall@20"]) == 0
+    assert "recall@20" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--methods", "freq_d"], "did you mean 'freqd'"),
+    (["--set", "freqd.alfa=0.3", "--methods", "freqd"], "unknown key 'freqd.alfa'"),
+    (["--set", "freqd.alpha=abc", "--methods", "freqd"], "expected a value of type float"),
+    (["--set", "student.lr"], "expected KEY=VALUE"),
+    (["--backbones", "lightgnc"], "did you mean 'lightgcn'"),
+    (["--seeds", "a,b"], "expected comma-separated integers"),
+])
+def test_bad_requests_fail_before_training(tmp_path, tiny_folder, capsys, args, match):
+    code = main(["run", "--datasets", str(tiny_folder), "--out", str(tmp_path / "o"), *QUICK, *args])
+    assert code == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "o" / "cells").exists()
+
+
+def test_config_file_and_set_precedence(tmp_path, tiny_folder):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'datasets = ["{tiny_folder}"]\nmethods = ["student"]\n[set]\n"train.max_epochs" = 2\n'
+                   '"teacher.dim" = 8\n"student.dim" = 4\n')
+    out = tmp_path / "o"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--set", "train.max_epochs=1", "--quiet"]) == 0
+    rec = json.loads((out / "cells" / "tinyds__bprmf__student__seed0.json").read_text())
+    assert rec["epochs"] == 1 and rec["config"]["student"]["dim"] == 4
+
+
+def test_python_m_kdbench_list():
+    out = subprocess.run([sys.executable, "-m", "kdbench", "list", "methods"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "freqd" in out and "alpha=0.2" in out and "fitnet" in out and "kd " in out
