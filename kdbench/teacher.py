@@ -12,6 +12,7 @@ import torch
 
 from . import __version__
 from .backbones import Backbone
+from .backbones.base import batch_scores
 from .datasets import Dataset
 from .evaluate import full_rank_topk
 
@@ -111,7 +112,7 @@ class Teacher:
 
     def scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Teacher scores for ``users`` [B] against ``items`` [B, K]."""
-        return torch.bmm(self.item_repr[items], self.user_repr[users].unsqueeze(2)).squeeze(2)
+        return batch_scores(self.user_repr[users], self.item_repr[items])
 
     def topk(self, k: int) -> torch.Tensor:
         """[n_users, k] teacher top-k items per user with training items masked (computed once per k)."""

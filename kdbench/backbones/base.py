@@ -37,6 +37,11 @@ class BackboneOutput:
         return self._all
 
 
+def batch_scores(u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """⟨u_b, items_{b,k}⟩ for u [B, d] and items [B, K, d] (a batched matrix-vector product)."""
+    return torch.bmm(items, u.unsqueeze(2)).squeeze(2)
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     init_std: float = 0.01
@@ -72,8 +77,11 @@ class Backbone(nn.Module):
 
     def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> BackboneOutput:
         all_u, all_i = self.representations()
-        u, p, n = all_u[users], all_i[pos], all_i[neg]
-        return BackboneOutput(users, pos, neg, u, p, n, (u * p).sum(-1), torch.einsum("bd,bnd->bn", u, n),
+        u = all_u[users]
+        # one gather per table: each gather's backward zero-fills a table-sized gradient
+        items = all_i[torch.cat([pos[:, None], neg], 1)]
+        scores = batch_scores(u, items)
+        return BackboneOutput(users, pos, neg, u, items[:, 0], items[:, 1:], scores[:, 0], scores[:, 1:],
                               _all=(all_u, all_i))
 
     def loss(self, out: BackboneOutput) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import BACKBONES
-from .base import Backbone, BackboneConfig, BackboneOutput
+from .base import Backbone, BackboneConfig, BackboneOutput, batch_scores
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,9 @@ class SimpleX(Backbone):
     def forward(self, users, pos, neg):
         u = self._users(users)
         items = F.normalize(self.item_emb(torch.cat([pos[:, None], neg], 1)), dim=-1)
-        p, n = items[:, 0], items[:, 1:]
-        u_drop = F.dropout(u, self.cfg.dropout, self.training)
-        return BackboneOutput(users, pos, neg, u, p, n, (u_drop * p).sum(-1),
-                              torch.einsum("bd,bnd->bn", u_drop, n), _all_fn=self.representations)
+        scores = batch_scores(F.dropout(u, self.cfg.dropout, self.training), items)
+        return BackboneOutput(users, pos, neg, u, items[:, 0], items[:, 1:], scores[:, 0], scores[:, 1:],
+                              _all_fn=self.representations)
 
     def loss(self, out: BackboneOutput) -> torch.Tensor:
         per_row = F.relu(1 - out.pos_scores) + self.cfg.neg_weight * F.relu(out.neg_scores - self.cfg.margin).mean(1)
