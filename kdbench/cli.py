@@ -73,6 +73,8 @@ def cmd_run(args) -> int:
     methods = as_list(pick("methods", list(CORE_METHODS)))
     seeds = _seeds(pick("seeds", [0]))
     overrides = {**file_cfg.get("set", {}), **parse_set(args.set)}
+    if not args.quiet:
+        logging.getLogger("kdbench").setLevel(logging.INFO)
     runner = GridRunner(pick("out", "kdbench-out"), pick("data_root", None), pick("cache_dir", None),
                         pick("device", "cpu"), progress=not args.quiet and sys.stderr.isatty(),
                         log=(lambda m: None) if args.quiet else None, rerun=args.rerun)

@@ -26,7 +26,7 @@ from .datasets import DataConfig, Dataset, load_dataset
 from .evaluate import EvalResult, evaluate_model
 from .leaderboard import write_tables
 from .methods import DISTILLERS
-from .records import cell_stem, environment, read_record, write_eval_npz, write_json
+from .records import cell_stem, environment, git_commit, read_record, write_eval_npz, write_json
 from .teacher import Teacher, TeacherCache, sha256_json
 from .train import RoleConfig, TrainConfig, fit
 
@@ -66,10 +66,12 @@ def _build(ds: Dataset, backbone: str, role_cfg: dict, seed: int, device: torch.
     return cls(ds, role_cfg["dim"], cls.Config(**role_cfg["backbone"]), device).to(device)
 
 
-def teacher_spec(cfg: dict, ds: Dataset) -> dict:
-    """Everything that determines a trained teacher (the cache key's inputs)."""
+def teacher_spec(cfg: dict, ds: Dataset, device: torch.device) -> dict:
+    """Everything that determines a trained teacher (the cache key's inputs; the device type too, since CPU and
+    CUDA generators draw different streams)."""
     return {"dataset": ds.fingerprint, "data": cfg["data"], "backbone": cfg["backbone"], "teacher": cfg["teacher"],
-            "train": {k: v for k, v in cfg["train"].items() if k != "profile"}, "seed": cfg["seed"]}
+            "train": {k: v for k, v in cfg["train"].items() if k != "profile"}, "seed": cfg["seed"],
+            "device": device.type}
 
 
 def config_hash(cfg: dict, ds: Dataset) -> str:
@@ -88,6 +90,7 @@ class GridRunner:
         self.progress = progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.rerun = rerun
+        git_commit()  # read once now: the code that runs is the code at start, whatever is committed meanwhile
         self._datasets: dict[tuple, Dataset] = {}
 
     # -- planning -------------------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ class GridRunner:
         return not self.rerun and rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == chash
 
     def _teacher_cell(self, ds: Dataset, cfg: dict, summary: GridSummary, tag: str):
-        spec = teacher_spec(cfg, ds)
+        spec = teacher_spec(cfg, ds, self.device)
         key = self.cache.key(spec)
         tcfg = {**{k: cfg[k] for k in ("dataset", "data", "backbone", "teacher", "train", "eval", "seed")},
                 "method": {"name": "teacher", "params": {}}}

@@ -8,6 +8,7 @@ the best-epoch weights are restored.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import resource
 import statistics
@@ -21,6 +22,9 @@ from .backbones import Backbone
 from .datasets import Dataset
 from .evaluate import evaluate_model
 from .sampling import PairMembership, sample_excluding
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,10 @@ def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed
         history.append({"epoch": epoch, "losses": losses, "valid_" + train.early_stop: score,
                         "epoch_s": epoch_times[-1]})
         bar.set_postfix({train.early_stop: f"{score:.4f}", "best": f"{max(best, score):.4f}"})
+        if not progress and timing["n_evals"] % 10 == 0:  # long runs in the background still report progress
+            log.info("%s epoch %d: valid %s %.4f (best %.4f at epoch %d), %.2f s/epoch", desc, epoch + 1,
+                     train.early_stop, score, max(best, score), (epoch if score > best else best_epoch) + 1,
+                     epoch_times[-1])
         if score > best:
             best, best_epoch, best_valid, bad = score, epoch, valid, 0
             best_state = copy.deepcopy(model.state_dict())
