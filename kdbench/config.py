@@ -30,7 +30,7 @@ from .train import RoleConfig, TrainConfig
 
 PROFILES: dict[str, dict] = {
     # CI and the embedded default: short, still with early stopping on validation
-    "quick": {"max_epochs": 60, "patience": 8, "eval_every": 1},
+    "quick": {"max_epochs": 40, "patience": 6, "eval_every": 1},
     # the spec's protocol (§3.4)
     "paper": {"max_epochs": 1000, "patience": 30, "eval_every": 1},
 }
@@ -118,6 +118,15 @@ def _apply(target: dict, cls, key: str, name: str, value: Any) -> None:
     target[name] = _coerce(value, fields[name], key)
 
 
+def resolve_data(overrides: dict[str, Any]) -> DataConfig:
+    """The dataset options (``data.*`` overrides over the defaults), validated."""
+    data = dataclasses.asdict(DataConfig())
+    for key, value in overrides.items():
+        if key.startswith("data."):
+            _apply(data, DataConfig, key, key[5:], value)
+    return DataConfig(**data)
+
+
 def resolve_cell(dataset: str, backbone: str, method: str, seed: int, profile: str,
                  overrides: dict[str, Any]) -> dict:
     """The full configuration of one grid cell, as plain JSON data (hashed into the record)."""
@@ -134,7 +143,7 @@ def resolve_cell(dataset: str, backbone: str, method: str, seed: int, profile: s
         bb.update(pre[role].get("backbone", {}))
         roles[role] = {**r, "backbone": bb}
     train = {**dataclasses.asdict(TrainConfig()), **PROFILES[profile]}
-    data = dataclasses.asdict(DataConfig())
+    data = dataclasses.asdict(resolve_data(overrides))
     evalc = dataclasses.asdict(EvalConfig())
     params = m_cls.default_params(backbone)
     bb_fields = _fields(bb_cls.Config)
@@ -155,7 +164,7 @@ def resolve_cell(dataset: str, backbone: str, method: str, seed: int, profile: s
         elif section == "train":
             _apply(train, TrainConfig, key, name, value)
         elif section == "data":
-            _apply(data, DataConfig, key, name, value)
+            continue  # applied by resolve_data
         elif section == "eval":
             _apply(evalc, EvalConfig, key, name, value)
         elif section == method:

@@ -6,7 +6,6 @@ as ``failed`` and the grid goes on.
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 import sys
 import time
@@ -21,8 +20,8 @@ import torch
 
 from . import __version__
 from .backbones import BACKBONES
-from .config import check_overrides, resolve_cell
-from .datasets import DataConfig, Dataset, load_dataset
+from .config import check_overrides, resolve_cell, resolve_data
+from .datasets import Dataset, load_dataset
 from .evaluate import EvalResult, evaluate_model
 from .leaderboard import write_tables
 from .methods import DISTILLERS
@@ -94,32 +93,23 @@ class GridRunner:
         self._datasets: dict[tuple, Dataset] = {}
 
     # -- planning -------------------------------------------------------------------------------------------
-    def plan(self, datasets, backbones, methods, seeds, profile, overrides) -> list[dict]:
-        """Validate the whole request and return the resolved cell configs (raises before any training)."""
+    def plan(self, datasets, backbones, methods, seeds, profile, overrides) -> list[tuple[Dataset, dict]]:
+        """Validate the whole request and return (dataset, resolved cell config) pairs, teachers' groups in
+        order; raises before any training on a bad name, override or dataset file."""
         for b in backbones:
             BACKBONES.get(b)
         for m in methods:
             DISTILLERS.get(m)
         check_overrides(overrides, backbones, methods)
-        cells = []
-        for d in datasets:
-            for b in backbones:
-                for s in seeds:
-                    for m in methods:
-                        cells.append(resolve_cell(self.dataset(d, overrides).name, b, m, s, profile, overrides))
-        return cells
+        loaded = [self.dataset(d, overrides) for d in datasets]
+        return [(ds, resolve_cell(ds.name, b, m, s, profile, overrides))
+                for ds in loaded for b in backbones for s in seeds for m in methods]
 
-    def dataset(self, name: str, overrides: dict | None = None, data_cfg: dict | None = None) -> Dataset:
-        if data_cfg is None:
-            data_cfg = dataclasses.asdict(DataConfig())
-            for k, v in (overrides or {}).items():
-                if k.startswith("data."):
-                    data_cfg[k[5:]] = v
-        key = (name, tuple(sorted(data_cfg.items())))
+    def dataset(self, name: str, overrides: dict) -> Dataset:
+        cfg = resolve_data(overrides)
+        key = (name, cfg)
         if key not in self._datasets:
-            ds = load_dataset(name, self.data_root, DataConfig(**data_cfg))
-            self._datasets[key] = ds
-            self._datasets[(ds.name, key[1])] = ds
+            self._datasets[key] = load_dataset(name, self.data_root, cfg)
         return self._datasets[key]
 
     # -- running --------------------------------------------------------------------------------------------
@@ -127,20 +117,21 @@ class GridRunner:
         overrides = overrides or {}
         cells = self.plan(datasets, backbones, methods, seeds, profile, overrides)
         summary = GridSummary()
-        groups: dict[tuple, list[dict]] = {}
-        for c in cells:
-            groups.setdefault((c["dataset"], c["backbone"], c["seed"]), []).append(c)
+        groups: dict[tuple, list[tuple[Dataset, dict]]] = {}
+        for ds, c in cells:
+            groups.setdefault((id(ds), c["backbone"], c["seed"]), []).append((ds, c))
         n, i = len(cells) + len(groups), 0
-        for (dname, bname, seed), group in groups.items():
-            ds = self.dataset(dname, data_cfg=group[0]["data"])
+        for group in groups.values():
+            ds, first = group[0]
             teacher = None
             i += 1
             try:
-                teacher, t_info = self._teacher_cell(ds, group[0], summary, f"[{i}/{n}]")
+                teacher, t_info = self._teacher_cell(ds, first, summary, f"[{i}/{n}]")
             except Exception as exc:  # every cell of the group needs this teacher
                 t_info = {"error": f"teacher failed: {type(exc).__name__}: {exc}"}
-                self.log(f"[{i}/{n}] {dname} {bname} teacher seed{seed}: FAILED {exc}")
-            for cfg in group:
+                summary.failed.append(cell_stem(ds.name, first["backbone"], "teacher", first["seed"]))
+                self.log(f"[{i}/{n}] {ds.name} {first['backbone']} teacher seed{first['seed']}: FAILED {exc}")
+            for _, cfg in group:
                 i += 1
                 self._method_cell(ds, cfg, teacher, t_info, summary, f"[{i}/{n}]")
         write_tables(self.out)

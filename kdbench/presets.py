@@ -35,9 +35,10 @@ PRESETS: dict[tuple[str, str], dict] = {
                                         "dropout": 0.1},
                                   s_bb={"num_ns": 1000, "neg_weight": 100.0, "gamma": 0.7, "margin": 0.3,
                                         "dropout": 0.1}),
-    # tuned on validation (seed 0): the 200-d teacher reaches NDCG@20 0.281 vs 0.242 for the 20-d student
-    ("synthetic", "bprmf"): _row(200, 2e-3, 1e-3, 2048, 5e-3, 1e-4, 2048),
-    ("synthetic", "lightgcn"): _row(200, 2e-3, 1e-6, 2048, 5e-3, 1e-6, 2048),
+    # tuned on validation (seed 0, quick profile): the 200-d teacher reaches NDCG@20 0.266 vs 0.238 for the 20-d
+    # student; batches of 4096 keep the default run short
+    ("synthetic", "bprmf"): _row(200, 4e-3, 1e-3, 4096, 1e-2, 1e-4, 4096),
+    ("synthetic", "lightgcn"): _row(200, 4e-3, 1e-6, 4096, 1e-2, 1e-6, 4096),
     ("synthetic", "simplex"): _row(200, 1e-3, 1e-8, 512, 1e-3, 1e-8, 512,
                                    t_bb={"num_ns": 200, "neg_weight": 10.0, "margin": 0.3},
                                    s_bb={"num_ns": 200, "neg_weight": 10.0, "margin": 0.3}),

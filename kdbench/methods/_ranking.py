@@ -1,0 +1,121 @@
+"""Pieces shared by the response distillers RD, CD and RRD (spec §4.2): seeded generators, rank-weighted position
+sampling, per-row first-distinct selection, uniform sampling outside a pair set, and the relaxed ranking loss.
+
+Everything is vectorised torch on the device of its inputs; Python loops run only over user *chunks* or rejection
+rounds, never over users or items.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..datasets import Dataset
+from ..sampling import PairMembership, sample_excluding
+
+#: at most this many float64 cells per chunk of a [users, N] Gumbel matrix (128 MB)
+_GUMBEL_CHUNK = 1 << 24
+
+
+def seeded_generator(device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded from torch's global seed (the harness seeds torch before building each
+    cell), so that a cell's samples are reproducible without a method-level seed field."""
+    return torch.Generator(device=device).manual_seed(int(torch.initial_seed()) % 2 ** 63)
+
+
+def min_free_items(data: Dataset) -> int:
+    """min_u |I \\ I_u^+|: the longest train-masked list that every user can fill without training items."""
+    counts = np.bincount(data.train[:, 0], minlength=data.n_users) if len(data.train) else np.zeros(1, int)
+    return int(data.n_items - counts.max())
+
+
+def rank_log_weights(n: int, temperature: float, device=None) -> torch.Tensor:
+    """[n] float64 log-weights −r/T for r = 1..n: p(r) ∝ exp(−r/T) without underflow (list position c = r − 1)."""
+    return -torch.arange(1, n + 1, dtype=torch.float64, device=device) / temperature
+
+
+def rank_probs(n: int, temperature: float, device=None) -> torch.Tensor:
+    """[n] float64 p(r) ∝ exp(−r/T), r = 1..n, normalised (far tails may underflow to 0; sample from the logs)."""
+    return torch.softmax(rank_log_weights(n, temperature, device), 0)
+
+
+def sample_ranks(log_weights: torch.Tensor, n_users: int, k: int, generator: torch.Generator,
+                 replacement: bool) -> torch.Tensor:
+    """[n_users, k] positions in 0..N−1 drawn per row with p ∝ exp(``log_weights`` [N]).
+
+    With replacement: k i.i.d. draws (inverse CDF). Without replacement: Gumbel-top-k on the log-weights, which
+    returns the positions in the order sequential sampling without replacement would draw them (the first column
+    follows p exactly); requires k ≤ N.
+    """
+    dev = generator.device
+    logw = log_weights.to(device=dev, dtype=torch.float64)
+    n = logw.numel()
+    if replacement:
+        cdf = torch.softmax(logw, 0).cumsum(0)
+        u = torch.rand((n_users, k), generator=generator, device=dev, dtype=torch.float64) * cdf[-1]
+        return torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
+    if k > n:
+        raise ValueError(f"cannot draw {k} distinct positions out of {n}")
+    out = []
+    rows = max(1, _GUMBEL_CHUNK // max(n, 1))
+    for s in range(0, n_users, rows):
+        m = min(rows, n_users - s)
+        u = torch.rand((m, n), generator=generator, device=dev, dtype=torch.float64)
+        gumbel = -torch.log(-torch.log(u.clamp_(min=1e-300)))
+        out.append((logw + gumbel).topk(k, dim=1, sorted=True).indices)
+    return torch.cat(out) if out else torch.zeros((0, k), dtype=torch.long, device=dev)
+
+
+def first_distinct(stream: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` distinct values of each row of ``stream`` [n, M], in stream order, and a [n] flag telling
+    whether the row had at least k distinct values (rows without are padded with repeats and must be redrawn)."""
+    n, m = stream.shape
+    vals, order = stream.sort(dim=1, stable=True)   # stable: the earliest occurrence of a value comes first
+    dup_sorted = torch.zeros_like(vals, dtype=torch.bool)
+    dup_sorted[:, 1:] = vals[:, 1:] == vals[:, :-1]
+    dup = torch.empty_like(dup_sorted).scatter_(1, order, dup_sorted)
+    pos = torch.arange(m, device=stream.device).expand(n, m)
+    key = pos + m * dup                                # first occurrences in stream order, then the repeats
+    idx = key.argsort(dim=1)[:, :k]
+    return stream.gather(1, idx), (~dup).sum(1) >= k
+
+
+def sample_distinct(draw: Callable[[torch.Tensor, int], torch.Tensor], n_rows: int, k: int, device,
+                    first: int | None = None, max_rounds: int = 24) -> torch.Tensor:
+    """[n_rows, k] = the first k distinct values of an i.i.d. stream per row, ``draw(rows, m)`` giving the next m
+    values [len(rows), m] of the streams of the (absolute) ``rows``. Oversample, dedupe, and extend only the rows
+    still short, doubling their streams: exactly what drawing one by one until k distinct values would give."""
+    rows = torch.arange(n_rows, device=device)
+    stream = draw(rows, first or 2 * k + 8)
+    out, ok = first_distinct(stream, k)
+    stream, rows = stream[~ok], rows[~ok]
+    for _ in range(max_rounds):
+        if rows.numel() == 0:
+            return out
+        stream = torch.cat([stream, draw(rows, stream.shape[1])], 1)
+        vals, good = first_distinct(stream, k)
+        out[rows[good]] = vals[good]
+        stream, rows = stream[~good], rows[~good]
+    raise RuntimeError(f"could not draw {k} distinct values for every row in {max_rounds} rounds")
+
+
+def sample_uniform_distinct(users: torch.Tensor, n: int, n_items: int, exclude: PairMembership,
+                            generator: torch.Generator) -> torch.Tensor:
+    """[len(users), n] distinct items per user, uniform without replacement from I \\ exclude(u): rejection
+    sampling against the pair set, then first-distinct of the i.i.d. stream (needs n ≤ |I \\ exclude(u)|)."""
+    if n == 0:
+        return torch.zeros((len(users), 0), dtype=torch.long, device=users.device)
+    return sample_distinct(lambda rows, m: sample_excluding(users[rows], m, n_items, exclude, generator),
+                           len(users), n, users.device, first=n + max(8, n // 4))
+
+
+def relaxed_ranking_loss(s_int: torch.Tensor, s_unint: torch.Tensor) -> torch.Tensor:
+    """RRD's Plackett–Luce loss, summed over rows: s_int [B, K] in teacher order, s_unint [B, L] unordered,
+
+        −Σ_b Σ_k [ s_k − log( Σ_{l≥k} e^{s_l} + Σ_{l'} e^{s'_{l'}} ) ],
+
+    via a reversed logcumsumexp and one logsumexp (no overflow, unlike the exp/clamp-at-80 of KDs)."""
+    tail = torch.logcumsumexp(s_int.flip(-1), dim=-1).flip(-1)              # log Σ_{l≥k} e^{s_l}   [B, K]
+    below = torch.logsumexp(s_unint, dim=-1, keepdim=True)                  # log Σ_l' e^{s'_l'}    [B, 1]
+    return -(s_int - torch.logaddexp(tail, below)).sum()
