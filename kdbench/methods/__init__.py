@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from .base import DISTILLERS, Distiller, DistillerConfig, list_distillers, register_distiller, register_variant
-from . import student, fitnet, freqd, kd, rd, cd, rrd  # noqa: E402,F401
+from . import student, fitnet, freqd, kd, rd, cd, rrd, de, ftd, htd  # noqa: E402,F401
 
 #: built-in methods run by default (variants and plugins are opt-in)
-CORE_METHODS = ("student", "fitnet", "freqd", "kd", "rd", "cd", "rrd")
+CORE_METHODS = ("student", "fitnet", "freqd", "kd", "rd", "cd", "rrd", "de", "ftd", "htd")
 
 __all__ = ["CORE_METHODS", "DISTILLERS", "Distiller", "DistillerConfig", "list_distillers", "register_distiller",
            "register_variant"]

@@ -6,13 +6,14 @@ rounds, never over users or items.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import torch
 
 from ..datasets import Dataset
-from ..sampling import PairMembership, sample_excluding
+from ..sampling import PairMembership
 
 #: at most this many float64 cells per chunk of a [users, N] Gumbel matrix (128 MB)
 _GUMBEL_CHUNK = 1 << 24
@@ -68,12 +69,13 @@ def sample_ranks(log_weights: torch.Tensor, n_users: int, k: int, generator: tor
 
 
 def first_distinct(stream: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``k`` distinct values of each row of ``stream`` [n, M], in stream order, and a [n] flag telling
-    whether the row had at least k distinct values (rows without are padded with repeats and must be redrawn)."""
+    """The first ``k`` distinct non-negative values of each row of ``stream`` [n, M], in stream order, and a [n]
+    flag telling whether the row had at least k of them (rows without are padded and must be redrawn). Negative
+    entries are rejected draws and are skipped."""
     n, m = stream.shape
     vals, order = stream.sort(dim=1, stable=True)   # stable: the earliest occurrence of a value comes first
-    dup_sorted = torch.zeros_like(vals, dtype=torch.bool)
-    dup_sorted[:, 1:] = vals[:, 1:] == vals[:, :-1]
+    dup_sorted = vals < 0
+    dup_sorted[:, 1:] |= vals[:, 1:] == vals[:, :-1]
     dup = torch.empty_like(dup_sorted).scatter_(1, order, dup_sorted)
     pos = torch.arange(m, device=stream.device).expand(n, m)
     key = pos + m * dup                                # first occurrences in stream order, then the repeats
@@ -82,7 +84,7 @@ def first_distinct(stream: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
 
 
 def sample_distinct(draw: Callable[[torch.Tensor, int], torch.Tensor], n_rows: int, k: int, device,
-                    first: int | None = None, max_rounds: int = 24) -> torch.Tensor:
+                    first: int | None = None, max_rounds: int = 12) -> torch.Tensor:
     """[n_rows, k] = the first k distinct values of an i.i.d. stream per row, ``draw(rows, m)`` giving the next m
     values [len(rows), m] of the streams of the (absolute) ``rows``. Oversample, dedupe, and extend only the rows
     still short, doubling their streams: exactly what drawing one by one until k distinct values would give."""
@@ -102,12 +104,24 @@ def sample_distinct(draw: Callable[[torch.Tensor, int], torch.Tensor], n_rows: i
 
 def sample_uniform_distinct(users: torch.Tensor, n: int, n_items: int, exclude: PairMembership,
                             generator: torch.Generator) -> torch.Tensor:
-    """[len(users), n] distinct items per user, uniform without replacement from I \\ exclude(u): rejection
-    sampling against the pair set, then first-distinct of the i.i.d. stream (needs n ≤ |I \\ exclude(u)|)."""
+    """[len(users), n] distinct items per user, uniform without replacement from I \\ exclude(u) (needs
+    n ≤ |I \\ exclude(u)|): a stream of uniform draws over I with the excluded ones rejected, then first-distinct.
+
+    One membership test and one sort per round instead of per-slot redraw rounds: the initial stream length covers
+    the expected rejections (average excluded fraction) and duplicates; short rows are extended."""
+    dev = users.device
     if n == 0:
-        return torch.zeros((len(users), 0), dtype=torch.long, device=users.device)
-    return sample_distinct(lambda rows, m: sample_excluding(users[rows], m, n_items, exclude, generator),
-                           len(users), n, users.device, first=n + max(8, n // 4))
+        return torch.zeros((len(users), 0), dtype=torch.long, device=dev)
+    # stream length from the average |I \\ exclude(u)| (exact only for the sizing; short rows are extended)
+    free = max(float(n), n_items - len(exclude.keys) / max(1, int(torch.unique(users).numel())))
+    draws = free * math.log(free / (free - n)) if free > n + 0.5 else 2.0 * n           # for n distinct of them
+    m = int(math.ceil(1.2 * draws * n_items / free)) + 16
+
+    def draw(rows, k):
+        x = torch.randint(n_items, (len(rows), k), device=dev, generator=generator)
+        return x.masked_fill_(exclude.contains(users[rows, None].expand_as(x), x), -1)
+
+    return sample_distinct(draw, len(users), n, dev, first=m)
 
 
 def relaxed_ranking_loss(s_int: torch.Tensor, s_unint: torch.Tensor) -> torch.Tensor:
@@ -115,7 +129,7 @@ def relaxed_ranking_loss(s_int: torch.Tensor, s_unint: torch.Tensor) -> torch.Te
 
         −Σ_b Σ_k [ s_k − log( Σ_{l≥k} e^{s_l} + Σ_{l'} e^{s'_{l'}} ) ],
 
-    via a reversed logcumsumexp and one logsumexp (no overflow, unlike the exp/clamp-at-80 of KDs)."""
-    tail = torch.logcumsumexp(s_int.flip(-1), dim=-1).flip(-1)              # log Σ_{l≥k} e^{s_l}   [B, K]
-    below = torch.logsumexp(s_unint, dim=-1, keepdim=True)                  # log Σ_l' e^{s'_l'}    [B, 1]
-    return -(s_int - torch.logaddexp(tail, below)).sum()
+    as one logcumsumexp over [log Σ_l' e^{s'_l'}, s_K, …, s_1] (no overflow, unlike the exp/clamp-at-80 of KDs)."""
+    below = torch.logsumexp(s_unint, dim=-1, keepdim=True)                  # log Σ_l' e^{s'_l'}   [B, 1]
+    tail = torch.logcumsumexp(torch.cat([below, s_int.flip(-1)], -1), dim=-1)[:, 1:].flip(-1)   # [B, K]
+    return (tail - s_int).sum()

@@ -8,7 +8,7 @@ teacher vectors share an expert:
 
     z_e = softmax((log(α_e + 1e-10) + g)/T),  g ~ Gumbel(0, 1)^M fresh per call  (M = 1 → z = 1)
     t̂_e = Σ_m z_{e,m} E_m(s_e),   ℓ(e) = ‖t_e − t̂_e‖²
-    L_DE = Σ_{u∈U_B} ℓ(u) + ½(Σ_{i∈P_B} ℓ(i) + Σ_{j∈N_B} ℓ(j))                                   (spec §4.3, §4.0)
+    L_DE = Σ_{u∈U_B} ℓ(u) + ½(Σ_{i∈P_B} ℓ(i) + Σ_{j∈N_B} ℓ(j))        (spec §4.3, §4.0)
 
 with T annealed per epoch, T_e = max(T_end, T0·(T_end/T0)^{e/1000}), T0 = 1, T_end = 1e-10 (1000 = the configured
 maximum epochs of Kang/KDs, fixed here even when early stopping ends sooner; spec §7 #11). Defaults: KDs BPR

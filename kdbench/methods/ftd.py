@@ -5,13 +5,20 @@ I_B = uniq(P ∪ N), n = |U_B| + |I_B|, s = [S_{U_B}; S_{I_B}] ∈ R^{n×d_s} an
 
     L_FTD = Σ_{a,b} (cos(t_a, t_b) − cos(s_a, s_b))²
 
-over all n² ordered pairs, self-pairs included (spec §4.4). No trainable modules; cost two n×n Gram matrices,
-O(n²(d_s + d_t)) time and O(n²) memory. Default λ 1e-3 (Kang's TD notebook; FTD is not in KDs). Reference:
-SeongKu-Kang/Topology_Distillation_KDD21 ``model.py`` class ``FTD`` (``get_TD_loss``).
+over all n² ordered pairs, self-pairs included (spec §4.4). No trainable modules. Default λ 1e-3 (Kang's TD
+notebook; FTD is not in KDs). Reference: SeongKu-Kang/Topology_Distillation_KDD21 ``model.py`` class ``FTD``
+(``get_TD_loss``).
 
-Deviations: features are the final representations by default (spec §2.4; the reference uses BPR tables, where
-both coincide), the teacher Gram is built without autograd, cosines use ``F.normalize`` (norm clamped at 1e-12,
-the reference divides by the raw norm), and SimpleX uses only the first negative column (spec §4.0 cap).
+Cost. The reference builds the two n×n Gram matrices, O(n²(d_s + d_t)) time and O(n²) memory (``compute=pairwise``).
+With row-normalised T̂, Ŝ the same sum is ‖T̂T̂ᵀ − ŜŜᵀ‖_F² = ‖T̂ᵀT̂‖_F² − 2‖T̂ᵀŜ‖_F² + ‖ŜᵀŜ‖_F² (``factored``),
+O(n(d_t² + d_t d_s + d_s²)) time and no n×n tensor; the first term is a constant (no gradient). ``auto`` (default)
+picks the cheaper one per batch: factored for BPR CiteULike (n ≈ 6000, d_t 400) is ~40× faster on CPU, with fp32
+rounding differences of ~1e-6 relative in value and gradient against a float64 reference (pairwise: ~1e-7).
+
+Deviations: the factored evaluation above (same loss); features are the final representations by default
+(spec §2.4; the reference uses BPR tables, where both coincide); teacher terms are computed without autograd;
+cosines use ``F.normalize`` (norm clamped at 1e-12, the reference divides by the raw norm); SimpleX uses only the
+first negative column (spec §4.0 cap).
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from .base import Distiller, DistillerConfig, register_distiller
 @dataclass(frozen=True)
 class FTDConfig(DistillerConfig):
     weight: float = 1e-3           # λ, Kang TD notebook (spec §4.4)
+    compute: str = "auto"          # auto | factored | pairwise: how Σ(cos_t − cos_s)² is evaluated (same value)
     feature_source: str = "final"  # final | raw (spec §2.4)
     kd_all_negatives: bool = True  # False: only the first negative column (SimpleX cap, spec §4.0)
 
@@ -35,6 +43,23 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tenso
     """cos(a_i, b_j) for all rows i of a and j of b (b = a when omitted)."""
     a = F.normalize(a, dim=-1)
     return a @ (a if b is None else F.normalize(b, dim=-1)).T
+
+
+def topology_loss(s: torch.Tensor, t: torch.Tensor, compute: str = "auto") -> torch.Tensor:
+    """Σ_{a,b} (cos(t_a, t_b) − cos(s_a, s_b))² over all ordered pairs of rows (gradient through s only)."""
+    n, d_s, d_t = len(s), s.shape[1], t.shape[1]
+    if compute == "auto":
+        compute = "factored" if d_t * d_t + d_t * d_s + d_s * d_s < n * (d_t + d_s) else "pairwise"
+    if compute == "pairwise":
+        with torch.no_grad():
+            cos_t = cosine_matrix(t)
+        return ((cos_t - cosine_matrix(s)) ** 2).sum()
+    if compute != "factored":
+        raise ValueError(f"ftd compute must be 'auto', 'factored' or 'pairwise', not {compute!r}")
+    s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    with torch.no_grad():
+        tt = (t.T @ t).square().sum()
+    return tt - 2 * (t.T @ s).square().sum() + (s.T @ s).square().sum()
 
 
 def topology_entities(out, all_negatives: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +85,4 @@ class FTD(Distiller):
     def loss(self, out):
         users, items = topology_entities(out, self.cfg.kd_all_negatives)
         s, t = batch_features(self.student, self.teacher, out, self.cfg.feature_source, users, items)
-        with torch.no_grad():
-            cos_t = cosine_matrix(t)
-        return {"kd_topo": ((cos_t - cosine_matrix(s)) ** 2).sum()}
+        return {"kd_topo": topology_loss(s, t, self.cfg.compute)}
