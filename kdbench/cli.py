@@ -10,12 +10,23 @@ from pathlib import Path
 from .backbones import BACKBONES
 from .config import PROFILES, ConfigError, load_config_file, parse_set
 from .datasets import DATASETS, DatasetError
-from .methods import CORE_METHODS, DISTILLERS
+from .methods import BUILTIN_METHODS, CORE_METHODS, DISTILLERS
 from .registry import import_plugin_module
 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def expand_methods(names: list[str]) -> list[str]:
+    """``all`` → every built-in method; a name with ``*`` → the registered names it matches (fnmatch)."""
+    out: list[str] = []
+    for name in names:
+        found = list(BUILTIN_METHODS) if name == "all" else DISTILLERS.list(name) if "*" in name else [name]
+        if not found:
+            raise ConfigError(f"--methods {name!r} matches no registered method; see `kdbench list methods`")
+        out += [m for m in found if m not in out]
+    return out
 
 
 def _seeds(text) -> list[int]:
@@ -32,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a grid of cells (default: the embedded synthetic dataset, quick profile)")
     r.add_argument("--datasets", help="comma list of dataset names or folders (default: synthetic)")
     r.add_argument("--backbones", help="comma list (default: bprmf)")
-    r.add_argument("--methods", help=f"comma list (default: {','.join(CORE_METHODS)})")
+    r.add_argument("--methods", help=f"comma list, 'all' (every built-in) or patterns like 'freqd*' "
+                   f"(default: {','.join(CORE_METHODS)})")
     r.add_argument("--seeds", help="comma list of ints (default: 0)")
     r.add_argument("--profile", choices=sorted(PROFILES), help="training budget (default: quick)")
     r.add_argument("--out", help="output directory (default: kdbench-out)")
@@ -70,7 +82,7 @@ def cmd_run(args) -> int:
     as_list = lambda v: v if isinstance(v, list) else _csv(v)  # noqa: E731
     datasets = as_list(pick("datasets", ["synthetic"]))
     backbones = as_list(pick("backbones", ["bprmf"]))
-    methods = as_list(pick("methods", list(CORE_METHODS)))
+    methods = expand_methods(as_list(pick("methods", list(CORE_METHODS))))
     seeds = _seeds(pick("seeds", [0]))
     overrides = {**file_cfg.get("set", {}), **parse_set(args.set)}
     if not args.quiet:

@@ -121,3 +121,12 @@ def test_python_m_kdbench_list():
     out = subprocess.run([sys.executable, "-m", "kdbench", "list", "methods"], capture_output=True, text=True,
                          check=True).stdout
     assert "freqd" in out and "alpha=0.2" in out and "fitnet" in out and "kd " in out
+
+
+def test_methods_all_and_patterns():
+    from kdbench.cli import expand_methods
+    from kdbench.methods import BUILTIN_METHODS
+    assert expand_methods(["all"]) == list(BUILTIN_METHODS)
+    assert expand_methods(["student", "freqd*"]) == ["student", "freqd", "freqd.nofilter"]
+    with pytest.raises(ValueError, match="matches no registered method"):
+        expand_methods(["nothing*"])

@@ -9,7 +9,7 @@ from scipy.stats import chisquare
 from kdbench.backbones import BACKBONES
 from kdbench.cli import main
 from kdbench.evaluate import full_rank_topk
-from kdbench.methods import CORE_METHODS, DISTILLERS
+from kdbench.methods import BUILTIN_METHODS, DISTILLERS
 from kdbench.methods._ranking import (first_distinct, rank_log_weights, rank_probs, relaxed_ranking_loss, sample_ranks,
                                       sample_uniform_distinct)
 from kdbench.methods.rrd import clamp_sizes
@@ -323,7 +323,7 @@ def test_same_seed_same_samples(tiny, method):
 # --- (5) registration and the harness ---------------------------------------------------------------------------
 
 def test_registered_and_listed(capsys):
-    assert {"rd", "cd", "rrd"} <= set(CORE_METHODS)
+    assert {"rd", "cd", "rrd"} <= set(BUILTIN_METHODS)
     assert main(["list", "methods"]) == 0                       # what `python -m kdbench list methods` runs
     out = capsys.readouterr().out
     names = {line.split()[0] for line in out.splitlines() if line.startswith("  ") and not line.startswith("   ")}

@@ -40,6 +40,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ._common import student_features
 from ._experts import ExpertBank, annealed_temperature, expert_hidden, gumbel_selection, make_gate, make_generator
@@ -116,13 +117,23 @@ class HTD(Distiller):
         return torch.cat([self.user_v(t_users).argmax(1), self.item_v(t_items).argmax(1) + self.cfg.num_groups])
 
     def entity_level(self, s: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Within-group pairs only, so the n×n Grams are computed per group block (Σ_g n_g² instead of n²);
+        with many tiny groups (e.g. one per entity) one masked n×n product is cheaper than the block loop."""
+        s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+        _, counts = torch.unique(z, return_counts=True)
+        if len(counts) > 4 * self.cfg.num_groups:
+            return self._entity_block(s, t, z[:, None] == z[None, :])
+        order = torch.argsort(z, stable=True)
+        return sum(self._entity_block(s[b], t[b]) for b in torch.split(order, counts.tolist()))
+
+    def _entity_block(self, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
-            cos_t = cosine_matrix(t)
-            mask = z[:, None] == z[None, :]
+            cos_t = t @ t.T
             if self.cfg.htd_mask == "parity":
-                mask &= cos_t > 0
-        diff = (cosine_matrix(s) - cos_t) ** 2
-        return torch.where(mask, diff, torch.zeros((), dtype=diff.dtype, device=diff.device)).sum()
+                mask = cos_t > 0 if mask is None else mask & (cos_t > 0)
+        diff = (s @ s.T - cos_t) ** 2
+        return diff.sum() if mask is None else torch.where(mask, diff, torch.zeros((), dtype=diff.dtype,
+                                                                                   device=diff.device)).sum()
 
     def group_level(self, s: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _, inv, counts = torch.unique(z, return_inverse=True, return_counts=True)
