@@ -130,3 +130,15 @@ def test_methods_all_and_patterns():
     assert expand_methods(["student", "freqd*"]) == ["student", "freqd", "freqd.nofilter"]
     with pytest.raises(ValueError, match="matches no registered method"):
         expand_methods(["nothing*"])
+
+
+@pytest.mark.parametrize("backbone", ["lightgcn", "simplex"])
+def test_other_backbones_end_to_end(tmp_path, tiny_folder, backbone):
+    out = tmp_path / "out"
+    extra = ["--set", "backbone.num_ns=16"] if backbone == "simplex" else []
+    assert main(["run", "--datasets", str(tiny_folder), "--backbones", backbone, "--methods", "student,freqd,kd",
+                 "--out", str(out), *QUICK, *extra]) == 0
+    lb = pd.read_csv(out / "leaderboard.csv")
+    assert lb["method"].tolist() == ["teacher", "student", "freqd", "kd"] and (lb["backbone"] == backbone).all()
+    rec = json.loads((out / "cells" / f"tinyds__{backbone}__freqd__seed0.json").read_text())
+    assert rec["status"] == "ok" and rec["config"]["student"]["backbone"].get("num_ns", 16) == 16
