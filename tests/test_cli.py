@@ -142,3 +142,15 @@ def test_other_backbones_end_to_end(tmp_path, tiny_folder, backbone):
     assert lb["method"].tolist() == ["teacher", "student", "freqd", "kd"] and (lb["backbone"] == backbone).all()
     rec = json.loads((out / "cells" / f"tinyds__{backbone}__freqd__seed0.json").read_text())
     assert rec["status"] == "ok" and rec["config"]["student"]["backbone"].get("num_ns", 16) == 16
+
+
+def test_same_cell_twice_gives_identical_metrics(tmp_path, tiny_folder, monkeypatch):
+    """Determinism on CPU: two fresh runs (fresh teacher cache too) give the same numbers, teacher included."""
+    runs = []
+    for k in range(2):
+        monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / f"cache{k}"))
+        out = tmp_path / f"out{k}"
+        assert main(["run", "--datasets", str(tiny_folder), "--methods", "student,freqd,kd", "--out", str(out),
+                     *QUICK]) == 0
+        runs.append(pd.read_csv(out / "leaderboard.csv")[["method", *METRICS]])
+    pd.testing.assert_frame_equal(runs[0], runs[1])
