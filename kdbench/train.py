@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .allocator import keep_freed_memory
 from .backbones import Backbone
 from .datasets import Dataset
 from .evaluate import evaluate_model
@@ -54,6 +55,15 @@ class TrainResult:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux VmHWM: unlike ru_maxrss, not inherited from a parent that
+    forked it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -74,6 +84,7 @@ def _sync(device: torch.device) -> None:
 def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed: int,
         distiller=None, weight: float = 0.0, progress: bool = False, desc: str = "") -> TrainResult:
     """Train ``model`` (and the distiller's own modules) in place; restore the best-validation weights."""
+    keep_freed_memory()
     device = model.user_emb.weight.device
     gen = torch.Generator(device=device).manual_seed(seed)
     pairs = torch.from_numpy(ds.train).to(device)
