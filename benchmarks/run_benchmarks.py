@@ -94,6 +94,20 @@ def method_flops(method: str, ds, ent: dict, d_s: int, d_t: int, params: dict) -
             return proj
         avg_deg = 2 * len(ds.train) / (ds.n_users + ds.n_items)
         return proj + steps * 2 * 2 * n_e * avg_deg * d_s  # row-block SpMM forward + backward
+    if method in ("de", "htd"):  # M expert MLPs per side on every batch entity (all experts, batched)
+        m = params.get("num_experts", params.get("num_groups", 30))
+        h = (d_s + d_t) // 2
+        flops = steps * 3 * 2 * n_e * m * (d_s * h + h * d_t)
+        if method == "htd":  # entity Grams (teacher no-grad, student fwd+bwd) over the batch's users and items
+            flops += steps * 2 * (ent["users"] + ent["pos"] + ent["neg"]) ** 2 * (d_t + 3 * d_s) / (2 * m)
+        return flops
+    if method == "ftd":
+        n = ent["users"] + ent["pos"] + ent["neg"]
+        return steps * 2 * n * (d_t * d_t + 3 * d_s * d_t + 3 * d_s * d_s)  # Gram-free form ‖TᵀT‖² − 2‖TᵀS‖² + ‖SᵀS‖²
+    if method in ("rd", "cd", "rrd", "rrd.nosample"):
+        k = {"rd": params.get("k", 30) + params.get("n_dynamic", 100), "cd": params.get("n_distill", 2)}.get(
+            method, params.get("k", 100) + params.get("l", 200))
+        return steps * 3 * 2 * ent["users"] * k * d_s
     if method == "kd":
         k = params.get("k", 50)
         per_epoch = 2 * ds.n_users * ds.n_items * d_s + 2 * ds.n_users * k * d_t  # student ranking, T scores
@@ -143,14 +157,18 @@ def run_child(*args: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def bench_epochs(epochs: int) -> dict:
+FOUNDATION = ("student", "kd", "fitnet", "freqd", "freqd.nofilter")
+
+
+def bench_epochs(epochs: int, methods: tuple[str, ...] = FOUNDATION, gowalla: bool = True) -> dict:
     out = {"gowalla": {}, "citeulike": {}}
-    for backbone, role, extra in (("bprmf", "student", []), ("lightgcn", "student", []), ("bprmf", "teacher", [])):
-        out["gowalla"][f"{backbone}/{role}"] = run_child("gowalla", backbone, "student", role, str(epochs), *extra)
-    for method, extra in (("student", []), ("kd", []), ("fitnet", []), ("freqd", []),
-                          ("freqd.nofilter", [])):
-        out["citeulike"][method] = run_child("citeulike", "bprmf", method, "student", str(epochs), *extra)
-    out["citeulike"]["teacher"] = run_child("citeulike", "bprmf", "student", "teacher", str(epochs))
+    if gowalla:
+        for backbone, role in (("bprmf", "student"), ("lightgcn", "student"), ("bprmf", "teacher")):
+            out["gowalla"][f"{backbone}/{role}"] = run_child("gowalla", backbone, "student", role, str(epochs))
+    for method in ("student", *[m for m in methods if m != "student"]):
+        out["citeulike"][method] = run_child("citeulike", "bprmf", method, "student", str(epochs))
+    if gowalla:
+        out["citeulike"]["teacher"] = run_child("citeulike", "bprmf", "student", "teacher", str(epochs))
     return out
 
 
@@ -174,6 +192,8 @@ def report(results: dict, gflops: float) -> str:
                              f"{r['peak_rss_mb']:.0f} | {fl / 1e9 if fl else 0:.1f} | "
                              f"{rate or 0:.1f} | {100 * rate / gflops if rate else 0:.0f}% |")
         c = results["epochs"]["citeulike"]
+        if "freqd.nofilter" not in c or "teacher" not in c:
+            return "\n".join(lines)
         lines += ["", f"freqd / freqd.nofilter epoch ratio: {c['freqd']['epoch_s'] / c['freqd.nofilter']['epoch_s']:.2f}"
                   " (target ≤ 1.3)",
                   "official code on this kind of machine (issue #3): student 2.45 s, KD 7.8 s, 400-d teacher 6.65 s; "
@@ -191,13 +211,17 @@ def main() -> None:
     p.add_argument("what", choices=["eval", "epochs", "all"])
     p.add_argument("--epochs", type=int, default=4, help="epochs per timing run (the first is warm-up)")
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--methods", default=",".join(FOUNDATION),
+                   help="CiteULike methods to time (comma list; 'baselines' = rd,cd,rrd,de,ftd,htd)")
+    p.add_argument("--no-gowalla", action="store_true", help="skip the Gowalla epochs and the teachers")
     args = p.parse_args()
     results = {}
     gflops = matmul_gflops()
     if args.what in ("eval", "all"):
         results["eval"] = bench_eval()
     if args.what in ("epochs", "all"):
-        results["epochs"] = bench_epochs(args.epochs)
+        methods = "rd,cd,rrd,de,ftd,htd" if args.methods == "baselines" else args.methods
+        results["epochs"] = bench_epochs(args.epochs, tuple(methods.split(",")), not args.no_gowalla)
     results["matmul_gflops"] = gflops
     print(report(results, gflops))
     if args.json:
