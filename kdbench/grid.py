@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

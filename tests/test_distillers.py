@@ -1,5 +1,4 @@
 """Distillers: gradients go to the student and the method's modules, never the teacher; the registry."""
-import dataclasses
 
 import pytest
 import torch
@@ -10,33 +9,16 @@ from kdbench.methods import CORE_METHODS, DISTILLERS
 from kdbench.teacher import Teacher
 from kdbench.train import RoleConfig, TrainConfig, fit
 
-
-def _setup(tiny, backbone, method, **params):
-    B = BACKBONES.get(backbone)
-    cfg = dataclasses.replace(B.Config(), num_ns=8) if backbone == "simplex" else B.Config()
-    torch.manual_seed(0)
-    teacher = Teacher(B(tiny, 16, cfg), tiny)
-    student = B(tiny, 4, cfg)
-    cls = DISTILLERS.get(method)
-    d = cls(teacher, student, tiny, cls.Config(**{**cls.default_params(backbone), **params}))
-    return teacher, student, d
-
-
-def _batch(tiny, student, n=32):
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(len(tiny.train), (n,), generator=g)
-    pairs = torch.from_numpy(tiny.train)[idx]
-    neg = torch.randint(tiny.n_items, (n, student.n_neg), generator=g)
-    return pairs[:, 0], pairs[:, 1], neg
+from helpers import make_batch, make_distiller
 
 
 @pytest.mark.parametrize("backbone", ["bprmf", "lightgcn", "simplex"])
 @pytest.mark.parametrize("method", ["fitnet", "freqd", "kd"])
 def test_kd_gradients_reach_student_and_own_modules_not_teacher(tiny, backbone, method):
-    teacher, student, d = _setup(tiny, backbone, method)
+    teacher, student, d = make_distiller(tiny, backbone, method)
     d.precompute()
     d.on_epoch_start(0)
-    out = student(*_batch(tiny, student))
+    out = student(*make_batch(tiny, student))
     terms = d.loss(out)
     assert terms and all(t.ndim == 0 and torch.isfinite(t) and t.grad_fn is not None for t in terms.values())
     sum(terms.values()).backward()
@@ -66,12 +48,12 @@ def test_freqd_loss_is_smaller_for_a_student_aligned_with_the_teacher(tiny):
             d.proj_user.weight.copy_(torch.eye(8))
             d.proj_item.weight.copy_(torch.eye(8))
         d.precompute()
-        losses[name] = d.loss(student(*_batch(tiny, student, 64)))["kd_feat"].item()
+        losses[name] = d.loss(student(*make_batch(tiny, student, 64)))["kd_feat"].item()
     assert losses["aligned"] < 1e-5 < 0.1 < losses["shuffled"]
 
 
 def test_fit_trains_and_restores_best(tiny):
-    teacher, student, d = _setup(tiny, "bprmf", "freqd")
+    teacher, student, d = make_distiller(tiny, "bprmf", "freqd")
     before = teacher.user_repr.clone()
     res = fit(student, tiny, RoleConfig(dim=4, lr=1e-2, wd=0.0, batch_size=64), TrainConfig(max_epochs=3, patience=3),
               seed=0, distiller=d, weight=0.5)

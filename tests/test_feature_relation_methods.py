@@ -12,25 +12,7 @@ from kdbench.methods._experts import ExpertBank, annealed_temperature, gumbel_se
 from kdbench.teacher import Teacher
 from kdbench.train import RoleConfig, TrainConfig, fit
 
-
-def _setup(tiny, backbone, method, d_t=16, d_s=4, teacher_std=None, **params):
-    B = BACKBONES.get(backbone)
-    cfg = dataclasses.replace(B.Config(), num_ns=8) if backbone == "simplex" else B.Config()
-    torch.manual_seed(0)
-    t_cfg = cfg if teacher_std is None else dataclasses.replace(cfg, init_std=teacher_std)
-    teacher = Teacher(B(tiny, d_t, t_cfg), tiny)
-    student = B(tiny, d_s, cfg)
-    cls = DISTILLERS.get(method)
-    d = cls(teacher, student, tiny, cls.Config(**{**cls.default_params(backbone), **params}))
-    return teacher, student, d
-
-
-def _batch(tiny, student, n=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(tiny.train), (n,), generator=g)
-    pairs = torch.from_numpy(tiny.train)[idx]
-    neg = torch.randint(tiny.n_items, (n, student.n_neg), generator=g)
-    return pairs[:, 0], pairs[:, 1], neg
+from helpers import make_batch, make_distiller
 
 
 def _aligned_bprmf(tiny, method, shuffle, dim=8, **params):
@@ -63,10 +45,10 @@ def _entities(tiny, student, out):
 @pytest.mark.parametrize("backbone", ["bprmf", "lightgcn", "simplex"])
 @pytest.mark.parametrize("method", ["de", "ftd", "htd"])
 def test_gradients_reach_student_and_own_modules_not_teacher(tiny, backbone, method):
-    teacher, student, d = _setup(tiny, backbone, method)
+    teacher, student, d = make_distiller(tiny, backbone, method)
     d.precompute()
     d.on_epoch_start(0)
-    out = student(*_batch(tiny, student))
+    out = student(*make_batch(tiny, student))
     terms = d.loss(out)
     assert terms and all(t.ndim == 0 and torch.isfinite(t) and t.grad_fn is not None for t in terms.values())
     sum(terms.values()).backward()
@@ -88,9 +70,9 @@ def test_gradients_reach_student_and_own_modules_not_teacher(tiny, backbone, met
 @pytest.mark.parametrize("backbone", ["lightgcn", "simplex"])
 def test_raw_feature_source(tiny, backbone):
     for method in ("de", "ftd", "htd"):
-        _, student, d = _setup(tiny, backbone, method, feature_source="raw")
+        _, student, d = make_distiller(tiny, backbone, method, feature_source="raw")
         d.precompute()
-        out = student(*_batch(tiny, student))
+        out = student(*make_batch(tiny, student))
         loss = sum(d.loss(out).values())
         assert torch.isfinite(loss)
         loss.backward()
@@ -181,16 +163,16 @@ def test_annealing_schedule(tiny):
     assert annealed_temperature(1500, 1.0, 1e-10, 1000) == 1e-10                 # clamped at T_end
     assert annealed_temperature(250, 2.0, 0.5, 1000) == pytest.approx(2.0 * 0.25 ** 0.25)
     for method in ("de", "htd"):
-        _, _, d = _setup(tiny, "bprmf", method)
+        _, _, d = make_distiller(tiny, "bprmf", method)
         d.on_epoch_start(500)
-        assert d.temperature == pytest.approx(1e-5, rel=1e-9)
+        assert d.experts.temperature == pytest.approx(1e-5, rel=1e-9)
 
 
 # ---------------------------------------------------------------- DE
 
 def _identity_experts(d):
     """Every expert = identity: ReLU(s) − ReLU(−s) with hidden [I; −I] (needs expert_hidden = 2·dim)."""
-    for bank in (d.user_experts, d.item_experts):
+    for bank in (d.experts.user_experts, d.experts.item_experts):
         dim = bank.d_in
         eye = torch.eye(dim)
         with torch.no_grad():
@@ -207,21 +189,21 @@ def test_de_loss_is_zero_for_the_teacher_as_student_and_large_for_a_shuffled_one
         _identity_experts(d)
         d.precompute()
         d.on_epoch_start(0)
-        losses[shuffle] = d.loss(student(*_batch(tiny, student, 64)))["kd_feat"].item()
+        losses[shuffle] = d.loss(student(*make_batch(tiny, student, 64)))["kd_feat"].item()
     assert losses[False] < 1e-8 and losses[True] > 10
 
 
 def test_de_matches_the_template_with_explicit_experts(tiny):
     """kd_feat = Σ_U ℓ + ½(Σ_P ℓ + Σ_N ℓ), ℓ from a loop over nn.Linear experts with the same Gumbel noise."""
-    teacher, student, d = _setup(tiny, "bprmf", "de", num_experts=3)
+    teacher, student, d = make_distiller(tiny, "bprmf", "de", num_experts=3)
     d.precompute()
     d.on_epoch_start(0)
-    out = student(*_batch(tiny, student))
+    out = student(*make_batch(tiny, student))
     got = d.loss(out)["kd_feat"]
     d.precompute()                       # replay the same noise
     users, pos, neg = torch.unique(out.users), torch.unique(out.pos), torch.unique(out.neg)
     s_u, s_i = student.representations()
-    gen = d.generator
+    gen = d.experts.generator
 
     def ell(bank, gate, s, t):
         alpha = gate(t)
@@ -230,8 +212,8 @@ def test_de_matches_the_template_with_explicit_experts(tiny):
         that = sum(z[:, m:m + 1] * e(s) for m, e in enumerate(_linear_experts(bank)))
         return ((t - that) ** 2).sum(-1)
 
-    l_u = ell(d.user_experts, d.user_gate, s_u[users], teacher.user_repr[users])
-    l_i = ell(d.item_experts, d.item_gate, s_i[torch.cat([pos, neg])], teacher.item_repr[torch.cat([pos, neg])])
+    l_u = ell(d.experts.user_experts, d.experts.user_gate, s_u[users], teacher.user_repr[users])
+    l_i = ell(d.experts.item_experts, d.experts.item_gate, s_i[torch.cat([pos, neg])], teacher.item_repr[torch.cat([pos, neg])])
     want = l_u.sum() + 0.5 * l_i.sum()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -243,14 +225,14 @@ def test_ftd_is_zero_for_equal_features_and_positive_for_shuffled(tiny, compute)
     losses = {}
     for shuffle in (False, True):
         _, student, d = _aligned_bprmf(tiny, "ftd", shuffle, compute=compute)
-        losses[shuffle] = d.loss(student(*_batch(tiny, student, 64)))["kd_topo"].item()
+        losses[shuffle] = d.loss(student(*make_batch(tiny, student, 64)))["kd_topo"].item()
     assert abs(losses[False]) < (1e-6 if compute == "pairwise" else 1e-3) and losses[True] > 100
 
 
 @pytest.mark.parametrize("compute", ["pairwise", "factored", "auto"])
 def test_ftd_matches_pairwise_reference(tiny, compute):
-    teacher, student, d = _setup(tiny, "lightgcn", "ftd", compute=compute)
-    out = student(*_batch(tiny, student))
+    teacher, student, d = make_distiller(tiny, "lightgcn", "ftd", compute=compute)
+    out = student(*make_batch(tiny, student))
     got, g_got = _value_and_grad(student, d.loss, out)
     users, items = _entities(tiny, student, out)
     s_u, s_i = out.all_repr()
@@ -266,7 +248,7 @@ def test_ftd_matches_pairwise_reference(tiny, compute):
 # ---------------------------------------------------------------- HTD
 
 def _htd_and_ftd(tiny, backbone="bprmf", teacher_std=None, **htd_params):
-    teacher, student, ftd = _setup(tiny, backbone, "ftd", teacher_std=teacher_std, compute="pairwise")
+    teacher, student, ftd = make_distiller(tiny, backbone, "ftd", teacher_std=teacher_std, compute="pairwise")
     htd_cls = DISTILLERS.get("htd")
     htd = htd_cls(teacher, student, tiny, htd_cls.Config(**{**htd_cls.default_params(backbone), **htd_params}))
     htd.precompute()
@@ -284,7 +266,7 @@ def test_htd_one_group_for_all_entities_is_ftd(tiny, backbone):
     """All batch users and items in one group, no cos > 0 mask, no group term, α = 1: L_ent = FTD."""
     student, ftd, htd = _htd_and_ftd(tiny, backbone, group_assignment="single", htd_mask="group_only",
                                      group_level="none", alpha=1.0)
-    out = student(*_batch(tiny, student))
+    out = student(*make_batch(tiny, student))
     terms = htd.loss(out)
     assert set(terms) == {"kd_topo"}
     (v_h, g_h), (v_f, g_f) = _value_and_grad(student, htd.loss, out), _value_and_grad(student, ftd.loss, out)
@@ -299,7 +281,7 @@ def test_htd_one_group_per_entity_is_ftd(tiny, group_level):
     self-pairs (= 0). With student prototypes carrying gradient, ``first`` has FTD's gradient as well."""
     student, ftd, htd = _htd_and_ftd(tiny, group_assignment="entity", group_level=group_level, alpha=1.0,
                                      htd_proto_grad=True)
-    out = student(*_batch(tiny, student))
+    out = student(*make_batch(tiny, student))
     (v_h, g_h), (v_f, g_f) = _value_and_grad(student, htd.loss, out), _value_and_grad(student, ftd.loss, out)
     torch.testing.assert_close(v_h, v_f, rtol=1e-5, atol=1e-5)
     if group_level == "first":
@@ -311,7 +293,7 @@ def test_htd_first_without_proto_grad_has_no_group_gradient(tiny):
     student, _, first = _htd_and_ftd(tiny, group_level="first", alpha=1.0)
     none = type(first)(first.teacher, student, tiny, dataclasses.replace(first.cfg, group_level="none"))
     none.load_state_dict(first.state_dict())
-    out = student(*_batch(tiny, student))
+    out = student(*make_batch(tiny, student))
     (v1, g1), (v0, g0) = _value_and_grad(student, first.loss, out), _value_and_grad(student, none.loss, out)
     assert v1 > v0
     torch.testing.assert_close(g1, g0)
@@ -319,7 +301,7 @@ def test_htd_first_without_proto_grad_has_no_group_gradient(tiny):
 
 def test_htd_parity_mask_and_group_term_match_explicit_formulas(tiny):
     student, _, htd = _htd_and_ftd(tiny, num_groups=3, alpha=0.9, teacher_std=1.0)   # spread-out gate logits
-    out = student(*_batch(tiny, student, 48))
+    out = student(*make_batch(tiny, student, 48))
     terms = htd.loss(out)
     assert set(terms) == {"kd_topo", "kd_ga"}
     users, items = _entities(tiny, student, out)
@@ -327,7 +309,7 @@ def test_htd_parity_mask_and_group_term_match_explicit_formulas(tiny):
     t_u, t_i = htd.teacher.user_repr[users], htd.teacher.item_repr[items]
     s, t = torch.cat([s_u[users], s_i[items]]), torch.cat([t_u, t_i])
     with torch.no_grad():
-        z = torch.cat([htd.user_v(t_u).max(-1)[1], htd.item_v(t_i).max(-1)[1] + 3])
+        z = torch.cat([htd.experts.user_gate(t_u).max(-1)[1], htd.experts.item_gate(t_i).max(-1)[1] + 3])
     _, cs, ct = _ftd_reference(s, t)
     same = (z[:, None] == z[None, :]).float()
     keep = (ct * same) > 0                                    # the reference's masking by multiplication
@@ -347,11 +329,11 @@ def test_htd_parity_mask_and_group_term_match_explicit_formulas(tiny):
 @pytest.mark.parametrize("method", ["de", "htd"])
 def test_same_seed_same_loss(tiny, method):
     def run(seed):
-        _, student, d = _setup(tiny, "bprmf", method)
+        _, student, d = make_distiller(tiny, "bprmf", method)
         torch.manual_seed(seed)
         d.precompute()
         d.on_epoch_start(3)
-        out = student(*_batch(tiny, student))
+        out = student(*make_batch(tiny, student))
         return [sum(d.loss(out).values()).item() for _ in range(2)]
     a, b, c = run(0), run(0), run(1)
     assert a == b                 # same seed → the same Gumbel noise, call after call
@@ -361,7 +343,7 @@ def test_same_seed_same_loss(tiny, method):
 
 @pytest.mark.parametrize("method,backbone", [("de", "lightgcn"), ("ftd", "bprmf"), ("htd", "bprmf")])
 def test_fit_runs(tiny, method, backbone):
-    teacher, student, d = _setup(tiny, backbone, method)
+    teacher, student, d = make_distiller(tiny, backbone, method)
     res = fit(student, tiny, RoleConfig(dim=4, lr=1e-2, wd=0.0, batch_size=128), TrainConfig(max_epochs=2, patience=2),
               seed=0, distiller=d, weight=d.cfg.weight)
     keys = {"de": {"base", "kd_feat"}, "ftd": {"base", "kd_topo"}, "htd": {"base", "kd_topo", "kd_ga"}}[method]

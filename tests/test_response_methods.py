@@ -1,5 +1,4 @@
 """RD, CD and RRD (spec §4.2): gradients, sampler distributions, loss sanity, determinism, registration."""
-import dataclasses
 import math
 import numpy as np
 import pytest
@@ -17,26 +16,9 @@ from kdbench.sampling import PairMembership
 from kdbench.teacher import Teacher
 from kdbench.train import RoleConfig, TrainConfig, fit
 
+from helpers import make_batch, make_distiller
+
 METHODS = ["rd", "cd", "rrd", "rrd.nosample"]
-
-
-def _make(tiny, backbone, method, seed=0, t_dim=16, s_dim=4, **params):
-    B = BACKBONES.get(backbone)
-    cfg = dataclasses.replace(B.Config(), num_ns=8) if backbone == "simplex" else B.Config()
-    torch.manual_seed(seed)
-    teacher = Teacher(B(tiny, t_dim, cfg), tiny)
-    student = B(tiny, s_dim, cfg)
-    cls = DISTILLERS.get(method)
-    d = cls(teacher, student, tiny, cls.Config(**{**cls.default_params(backbone), **params}))
-    return teacher, student, d
-
-
-def _batch(tiny, student, n=32):
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(len(tiny.train), (n,), generator=g)
-    pairs = torch.from_numpy(tiny.train)[idx]
-    neg = torch.randint(tiny.n_items, (n, student.n_neg), generator=g)
-    return pairs[:, 0], pairs[:, 1], neg
 
 
 def _train_membership(tiny):
@@ -60,11 +42,11 @@ def _no_row_duplicates(x):
 @pytest.mark.parametrize("method", METHODS)
 def test_gradients_reach_student_not_teacher(tiny, backbone, method):
     extra = {"start_epoch": 0} if method == "rd" else {}          # exercise RD's dynamic weights
-    teacher, student, d = _make(tiny, backbone, method, **extra)
+    teacher, student, d = make_distiller(tiny, backbone, method, **extra)
     assert list(d.parameters()) == []
     d.precompute()
     d.on_epoch_start(0)
-    terms = d.loss(student(*_batch(tiny, student)))
+    terms = d.loss(student(*make_batch(tiny, student)))
     assert set(terms) == {"kd_rank"}
     t = terms["kd_rank"]
     assert t.ndim == 0 and torch.isfinite(t) and t.grad_fn is not None
@@ -150,7 +132,7 @@ def test_sample_uniform_distinct_excludes_and_is_uniform(tiny):
 
 
 def test_rrd_samples_come_from_the_right_sets(tiny):
-    _, _, d = _make(tiny, "bprmf", "rrd", k=5, l=10, mxk=30, temperature=5.0)
+    _, _, d = make_distiller(tiny, "bprmf", "rrd", k=5, l=10, mxk=30, temperature=5.0)
     assert (d.n_top, d.k, d.l) == (30, 5, 10)
     d.precompute()
     seen = _train_membership(tiny)
@@ -170,7 +152,7 @@ def test_rrd_samples_come_from_the_right_sets(tiny):
 
 
 def test_rrd_nosample_takes_the_top_k_in_order(tiny):
-    _, _, d = _make(tiny, "bprmf", "rrd.nosample", k=5, l=10, mxk=30)
+    _, _, d = make_distiller(tiny, "bprmf", "rrd.nosample", k=5, l=10, mxk=30)
     d.precompute()
     d.on_epoch_start(0)
     assert torch.equal(d.interesting, d.top[:, :5])
@@ -183,7 +165,7 @@ def test_rrd_clamps_sizes_to_the_catalogue():
 
 
 def test_cd_positions_follow_min_of_two_draws(tiny):
-    _, _, d = _make(tiny, "bprmf", "cd", guide="teacher", n_distill=1, temperature=0.1)
+    _, _, d = make_distiller(tiny, "bprmf", "cd", guide="teacher", n_distill=1, temperature=0.1)
     d.precompute()
     n = d.pool_size
     pos = torch.cat([d.sample_positions() for _ in range(80)]).reshape(-1)
@@ -197,7 +179,7 @@ def test_cd_positions_follow_min_of_two_draws(tiny):
 
 @pytest.mark.parametrize("guide", ["teacher", "student"])
 def test_cd_samples_are_distinct_and_from_the_guide_list(tiny, guide):
-    teacher, student, d = _make(tiny, "bprmf", "cd", guide=guide, pool_size=20, n_distill=5)
+    teacher, student, d = make_distiller(tiny, "bprmf", "cd", guide=guide, pool_size=20, n_distill=5)
     d.precompute()
     d.on_epoch_start(0)
     if guide == "teacher":
@@ -210,7 +192,7 @@ def test_cd_samples_are_distinct_and_from_the_guide_list(tiny, guide):
 
 
 def test_rd_dynamic_samples_and_weights(tiny):
-    _, _, d = _make(tiny, "bprmf", "rd", start_epoch=1, n_dynamic=50)
+    _, _, d = make_distiller(tiny, "bprmf", "rd", start_epoch=1, n_dynamic=50)
     d.precompute()
     d.on_epoch_start(0)
     assert not d.dynamic_on
@@ -305,7 +287,7 @@ def test_cd_loss_is_minimal_at_the_teacher_soft_labels(tiny):
 # --- (4) determinism -----------------------------------------------------------------------------------------------
 
 def _samples(tiny, method, seed):
-    _, _, d = _make(tiny, "bprmf", method, seed=seed, **({"start_epoch": 0} if method == "rd" else {}))
+    _, _, d = make_distiller(tiny, "bprmf", method, seed=seed, **({"start_epoch": 0} if method == "rd" else {}))
     d.precompute()
     d.on_epoch_start(0)
     d.on_epoch_start(1)
@@ -336,7 +318,7 @@ def test_registered_and_listed(capsys):
 @pytest.mark.parametrize("method", ["rd", "cd", "rrd"])
 def test_fit_runs_with_the_harness(tiny, method):
     extra = {"start_epoch": 1} if method == "rd" else {}
-    _, student, d = _make(tiny, "bprmf", method, **extra)
+    _, student, d = make_distiller(tiny, "bprmf", method, **extra)
     res = fit(student, tiny, RoleConfig(dim=4, lr=1e-2, wd=0.0, batch_size=128), TrainConfig(max_epochs=2, patience=2),
               seed=0, distiller=d, weight=d.cfg.weight)
     assert res.epochs == 2 and set(res.history[0]["losses"]) == {"base", "kd_rank"}

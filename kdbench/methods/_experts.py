@@ -99,3 +99,39 @@ def make_generator(device: torch.device) -> torch.Generator:
 def make_gate(d_t: int, num_experts: int) -> nn.Module:
     """Selection network Linear(d_t, M) → softmax on the teacher representation."""
     return nn.Sequential(nn.Linear(d_t, num_experts), nn.Softmax(dim=1))
+
+
+class GumbelExperts(nn.Module):
+    """Per-side (users, items) expert banks with a selection gate on the teacher representation and Gumbel-softmax
+    selection at an annealed temperature: DE's reconstruction, and HTD's group-assignment (GA) network."""
+
+    def __init__(self, num_experts: int, d_s: int, d_t: int, hidden: int, t0: float, t_end: float,
+                 anneal_epochs: int):
+        super().__init__()
+        self.user_experts = ExpertBank(num_experts, d_s, hidden, d_t)
+        self.item_experts = ExpertBank(num_experts, d_s, hidden, d_t)
+        self.user_gate = make_gate(d_t, num_experts)
+        self.item_gate = make_gate(d_t, num_experts)
+        self.schedule = (t0, t_end, anneal_epochs)
+        self.temperature = annealed_temperature(0, *self.schedule)
+        self.generator: torch.Generator | None = None
+
+    def start(self, device: torch.device) -> None:
+        self.generator = make_generator(device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.temperature = annealed_temperature(epoch, *self.schedule)
+
+    def _side(self, side: str) -> tuple[ExpertBank, nn.Module]:
+        return (self.user_experts, self.user_gate) if side == "user" else (self.item_experts, self.item_gate)
+
+    def reconstruct(self, side: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """t̂ = Σ_m z_m E_m(s), z the Gumbel-softmax selection of gate(t) at the current temperature."""
+        if self.generator is None:
+            self.start(t.device)
+        experts, gate = self._side(side)
+        return experts(s, gumbel_selection(gate(t), self.temperature, self.generator))
+
+    def assign(self, side: str, t: torch.Tensor) -> torch.Tensor:
+        """Hard selection argmax gate(t) (HTD's groups)."""
+        return self._side(side)[1](t).argmax(1)

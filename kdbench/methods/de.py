@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ._common import batch_entities, student_features, template_sum
-from ._experts import ExpertBank, annealed_temperature, expert_hidden, gumbel_selection, make_gate, make_generator
+from ._experts import GumbelExperts, expert_hidden
 from .base import Distiller, DistillerConfig, register_distiller
 
 log = logging.getLogger(__name__)
@@ -60,34 +60,21 @@ class DE(Distiller):
         if cfg.num_experts < 1:
             raise ValueError(f"de num_experts must be >= 1, not {cfg.num_experts}")
         h = expert_hidden(student.dim, teacher.dim, cfg.expert_hidden)
-        self.user_experts = ExpertBank(cfg.num_experts, student.dim, h, teacher.dim)
-        self.item_experts = ExpertBank(cfg.num_experts, student.dim, h, teacher.dim)
-        self.user_gate = make_gate(teacher.dim, cfg.num_experts)
-        self.item_gate = make_gate(teacher.dim, cfg.num_experts)
-        self.temperature = annealed_temperature(0, cfg.T0, cfg.T_end, cfg.anneal_epochs)
-        self.generator = None
+        self.experts = GumbelExperts(cfg.num_experts, student.dim, teacher.dim, h, cfg.T0, cfg.T_end,
+                                     cfg.anneal_epochs)
 
     def precompute(self):
-        self.generator = make_generator(self.teacher.user_repr.device)
+        self.experts.start(self.teacher.user_repr.device)
 
     def on_epoch_start(self, epoch):
-        self.temperature = annealed_temperature(epoch, self.cfg.T0, self.cfg.T_end, self.cfg.anneal_epochs)
-        log.debug("de epoch %d: Gumbel temperature %.3g", epoch, self.temperature)
-
-    def reconstruct(self, experts: ExpertBank, gate, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """t̂ = Σ_m z_m E_m(s) with z the Gumbel-softmax selection of gate(t) at the current temperature."""
-        if self.generator is None:
-            self.precompute()
-        z = gumbel_selection(gate(t), self.temperature, self.generator)
-        return experts(s, z)
+        self.experts.set_epoch(epoch)
+        log.debug("de epoch %d: Gumbel temperature %.3g", epoch, self.experts.temperature)
 
     def loss(self, out):
         s_user, s_item = student_features(self.student, out, self.cfg.feature_source)
         t_user, t_item = self.teacher.repr(self.cfg.feature_source)
         users, pos, neg = batch_entities(out, self.cfg.kd_all_negatives)
         items = torch.cat([pos, neg])
-        ell_u = ((t_user[users] - self.reconstruct(self.user_experts, self.user_gate, s_user[users], t_user[users]))
-                 ** 2).sum(-1)
-        ell_i = ((t_item[items] - self.reconstruct(self.item_experts, self.item_gate, s_item[items], t_item[items]))
-                 ** 2).sum(-1)
+        ell_u = ((t_user[users] - self.experts.reconstruct("user", s_user[users], t_user[users])) ** 2).sum(-1)
+        ell_i = ((t_item[items] - self.experts.reconstruct("item", s_item[items], t_item[items])) ** 2).sum(-1)
         return {"kd_feat": template_sum(ell_u, ell_i[:len(pos)], ell_i[len(pos):])}

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import student_features
-from ._experts import ExpertBank, annealed_temperature, expert_hidden, gumbel_selection, make_gate, make_generator
+from ._experts import GumbelExperts, expert_hidden
 from .base import Distiller, DistillerConfig, register_distiller
 from .ftd import cosine_matrix, topology_entities
 
@@ -85,36 +85,30 @@ class HTD(Distiller):
         if cfg.num_groups < 1 or not 0.0 <= cfg.alpha <= 1.0:
             raise ValueError(f"htd needs num_groups >= 1 and 0 <= alpha <= 1 (got {cfg.num_groups}, {cfg.alpha})")
         h = expert_hidden(student.dim, teacher.dim, cfg.expert_hidden)
-        self.user_f = ExpertBank(cfg.num_groups, student.dim, h, teacher.dim)
-        self.item_f = ExpertBank(cfg.num_groups, student.dim, h, teacher.dim)
-        self.user_v = make_gate(teacher.dim, cfg.num_groups)
-        self.item_v = make_gate(teacher.dim, cfg.num_groups)
-        self.temperature = annealed_temperature(0, cfg.T0, cfg.T_end, cfg.anneal_epochs)
-        self.generator = None
+        self.experts = GumbelExperts(cfg.num_groups, student.dim, teacher.dim, h, cfg.T0, cfg.T_end,
+                                     cfg.anneal_epochs)
 
     def precompute(self):
-        self.generator = make_generator(self.teacher.user_repr.device)
+        self.experts.start(self.teacher.user_repr.device)
 
     def on_epoch_start(self, epoch):
-        self.temperature = annealed_temperature(epoch, self.cfg.T0, self.cfg.T_end, self.cfg.anneal_epochs)
-        log.debug("htd epoch %d: Gumbel temperature %.3g", epoch, self.temperature)
+        self.experts.set_epoch(epoch)
+        log.debug("htd epoch %d: Gumbel temperature %.3g", epoch, self.experts.temperature)
 
-    def ga_loss(self, f: ExpertBank, v, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Σ_a ‖t_a − Σ_k z̃_{a,k} f_k(s_a)‖² (trains f and v)."""
-        if self.generator is None:
-            self.precompute()
-        z = gumbel_selection(v(t), self.temperature, self.generator)
-        return ((t - f(s, z)) ** 2).sum()
+    def ga_loss(self, side: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Σ_a ‖t_a − Σ_k z̃_{a,k} f_k(s_a)‖² (trains the group experts f and the assignment net v)."""
+        return ((t - self.experts.reconstruct(side, s, t)) ** 2).sum()
 
     @torch.no_grad()
     def groups(self, t_users: torch.Tensor, t_items: torch.Tensor) -> torch.Tensor:
         """Group id of every batch entity (users then items); item ids offset by K_g."""
-        n_u, n = len(t_users), len(t_users) + len(t_items)
+        n = len(t_users) + len(t_items)
         if self.cfg.group_assignment == "single":
             return torch.zeros(n, dtype=torch.long, device=t_users.device)
         if self.cfg.group_assignment == "entity":
             return torch.arange(n, device=t_users.device)
-        return torch.cat([self.user_v(t_users).argmax(1), self.item_v(t_items).argmax(1) + self.cfg.num_groups])
+        return torch.cat([self.experts.assign("user", t_users), self.experts.assign("item", t_items)
+                          + self.cfg.num_groups])
 
     def entity_level(self, s: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Within-group pairs only, so the n×n Grams are computed per group block (Σ_g n_g² instead of n²);
@@ -166,6 +160,5 @@ class HTD(Distiller):
             topo = topo + self.group_level(s, t, z)
         terms = {"kd_topo": cfg.alpha * topo}
         if cfg.alpha < 1:
-            terms["kd_ga"] = (1 - cfg.alpha) * (self.ga_loss(self.user_f, self.user_v, su, tu)
-                                                + self.ga_loss(self.item_f, self.item_v, si, ti))
+            terms["kd_ga"] = (1 - cfg.alpha) * (self.ga_loss("user", su, tu) + self.ga_loss("item", si, ti))
         return terms
