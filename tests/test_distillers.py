@@ -13,7 +13,7 @@ from helpers import make_batch, make_distiller
 
 
 @pytest.mark.parametrize("backbone", ["bprmf", "lightgcn", "simplex"])
-@pytest.mark.parametrize("method", ["fitnet", "freqd", "kd"])
+@pytest.mark.parametrize("method", ["fitnet", "freqd", "kd", "de", "ftd", "htd"])
 def test_kd_gradients_reach_student_and_own_modules_not_teacher(tiny, backbone, method):
     teacher, student, d = make_distiller(tiny, backbone, method)
     d.precompute()
@@ -25,11 +25,15 @@ def test_kd_gradients_reach_student_and_own_modules_not_teacher(tiny, backbone, 
     assert student.user_emb.weight.grad is not None and student.user_emb.weight.grad.abs().sum() > 0
     assert student.item_emb.weight.grad.abs().sum() > 0
     own = list(d.parameters())
-    if method in ("fitnet", "freqd"):
-        assert own and all(p.grad is not None and p.grad.abs().sum() > 0 for p in own)
+    # projectors (fitnet, freqd); per side w1, b1, w2, b2 of the expert bank + gate weight and bias (de, htd)
+    expected = {"fitnet": 2, "freqd": 8, "de": 12, "htd": 12}.get(method, 0)
+    assert len(own) == expected
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in own), \
+        [n for n, p in d.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     teacher_ids = {id(p) for p in teacher.parameters()}
     assert not teacher_ids & {id(p) for p in own}
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not teacher.user_repr.requires_grad and teacher.user_repr.grad is None
 
 
 def test_freqd_loss_is_smaller_for_a_student_aligned_with_the_teacher(tiny):
