@@ -83,9 +83,9 @@ class FreqD(Distiller):
     def precompute(self):
         dev = self.teacher.user_repr.device
         self.adj = to_torch_csr(normalized_adjacency(self.data), dev)
-        with torch.no_grad():
-            self.t_filtered = apply_filter(self.adj, torch.cat(self.teacher.repr(self.cfg.feature_source)),
-                                           self.coeffs)
+        with torch.no_grad():  # T̃ is constant: filter and L2-normalise it once (the cosine's teacher side)
+            self.t_filtered = F.normalize(apply_filter(self.adj, torch.cat(self.teacher.repr(self.cfg.feature_source)),
+                                                       self.coeffs), dim=-1)
 
     def loss(self, out):
         users, pos, neg = batch_entities(out, self.cfg.kd_all_negatives)
@@ -96,7 +96,7 @@ class FreqD(Distiller):
         t = self.t_filtered[nodes]
         nu, npos = len(users), len(pos)
         proj = torch.cat([self.proj_user(s[:nu]), self.proj_item(s[nu:])])
-        ell = 1 - F.cosine_similarity(proj, t, dim=-1)
+        ell = 1 - (F.normalize(proj, dim=-1) * t).sum(-1)
         return {"kd_feat": template_sum(ell[:nu], ell[nu:nu + npos], ell[nu + npos:])}
 
 
