@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module or .py file that registers extra methods/backbones/datasets")
     r.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
+    r.add_argument("--dry-run", action="store_true", help="print the planned cells and their state; train nothing")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-cell log lines")
 
     ls = sub.add_parser("list", help="list methods, backbones or datasets with their hyperparameters")
@@ -90,11 +91,16 @@ def cmd_run(args) -> int:
     runner = GridRunner(pick("out", "kdbench-out"), pick("data_root", None), pick("cache_dir", None),
                         pick("device", "cpu"), progress=not args.quiet and sys.stderr.isatty(),
                         log=(lambda m: None) if args.quiet else None, rerun=args.rerun)
+    if args.dry_run:
+        from tabulate import tabulate
+        rows = runner.dry_run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides)
+        print(tabulate(rows, headers="keys", tablefmt="github"))
+        return 0
     summary = runner.run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides)
     from .leaderboard import load_records, leaderboard
     print(render(leaderboard(load_records(runner.out)), "md"))
-    print(f"\n{len(summary.ok)} cells run, {len(summary.skipped)} skipped (done before), {len(summary.failed)} "
-          f"failed; records in {runner.out / 'cells'}", file=sys.stderr)
+    print(f"\n{len(summary.ok)} cells run, {len(summary.skipped)} skipped (done before), {len(summary.busy)} "
+          f"running elsewhere, {len(summary.failed)} failed; records in {runner.out / 'cells'}", file=sys.stderr)
     return min(len(summary.failed), 100)
 
 

@@ -7,6 +7,7 @@ as ``failed`` and the grid goes on.
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from . import __version__
 from .backbones import BACKBONES
@@ -48,6 +50,7 @@ class GridSummary:
     ok: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    busy: list = field(default_factory=list)   # locked by another process running the same grid
 
 
 def _role(cfg: dict) -> RoleConfig:
@@ -110,6 +113,24 @@ class GridRunner:
         if key not in self._datasets:
             self._datasets[key] = load_dataset(name, self.data_root, cfg)
         return self._datasets[key]
+
+    def dry_run(self, datasets, backbones, methods, seeds, profile="quick", overrides=None) -> list[dict]:
+        """The plan without training: every cell with its state (done / to run / failed before) and whether its
+        teacher is cached."""
+        overrides = overrides or {}
+        rows = []
+        for ds, cfg in self.plan(datasets, backbones, methods, seeds, profile, overrides):
+            stem = cell_stem(ds.name, cfg["backbone"], cfg["method"]["name"], cfg["seed"])
+            rec = read_record(self.out / "cells" / f"{stem}.json")
+            if rec is None:
+                state = "to run"
+            elif rec.get("config_hash") != config_hash(cfg, ds):
+                state = "to run (config changed)"
+            else:
+                state = "done" if rec.get("status") == "ok" else "failed before"
+            cached = (self.cache.path(self.cache.key(teacher_spec(cfg, ds, self.device))) / "manifest.json").exists()
+            rows.append({"cell": stem, "state": state, "teacher": "cached" if cached else "to train"})
+        return rows
 
     # -- running --------------------------------------------------------------------------------------------
     def run(self, datasets, backbones, methods, seeds, profile="quick", overrides=None) -> GridSummary:
@@ -192,6 +213,35 @@ class GridRunner:
             summary.skipped.append(stem)
             self.log(f"{tag} {stem}: done before, skipped")
             return
+        with self._cell_lock(path) as held:
+            if not held:
+                summary.busy.append(stem)
+                self.log(f"{tag} {stem}: running in another process, skipped")
+            elif self._skip(path, chash):  # the other process finished it while we waited for the lock
+                summary.skipped.append(stem)
+                self.log(f"{tag} {stem}: done before, skipped")
+            else:
+                self._train_cell(ds, cfg, teacher, t_info, summary, tag, stem, path, chash)
+
+    @contextmanager
+    def _cell_lock(self, path: Path):
+        """A per-cell lock file, so that two runs on one output directory never train the same cell."""
+        locks = self.out / "locks"  # beside cells/, which holds only records
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(locks / f"{path.stem}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def _train_cell(self, ds: Dataset, cfg: dict, teacher: Teacher | None, t_info: dict, summary: GridSummary,
+                    tag: str, stem: str, path: Path, chash: str) -> None:
+        method = cfg["method"]["name"]
         started = _now()
         try:
             cls = DISTILLERS.get(method)

@@ -154,3 +154,29 @@ def test_same_cell_twice_gives_identical_metrics(tmp_path, tiny_folder, monkeypa
                      *QUICK]) == 0
         runs.append(pd.read_csv(out / "leaderboard.csv")[["method", *METRICS]])
     pd.testing.assert_frame_equal(runs[0], runs[1])
+
+
+def test_dry_run_reports_states_and_writes_nothing(run_dir, tiny_folder, capsys):
+    before = sorted(p.name for p in (run_dir / "cells").iterdir())
+    capsys.readouterr()
+    assert main(["run", "--datasets", str(tiny_folder), "--methods", "student,freqd.nofilter", "--out", str(run_dir),
+                 "--dry-run", *QUICK]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split("|")[1].strip(): ln for ln in out.splitlines() if "tinyds__" in ln}
+    assert "done" in lines["tinyds__bprmf__student__seed0"]
+    assert "to run" in lines["tinyds__bprmf__freqd.nofilter__seed0"]
+    assert all("cached" in ln for ln in lines.values())
+    assert sorted(p.name for p in (run_dir / "cells").iterdir()) == before
+
+
+def test_a_locked_cell_is_left_to_the_process_holding_it(tmp_path, tiny_folder, capsys):
+    from filelock import FileLock
+    out = tmp_path / "out"
+    (out / "locks").mkdir(parents=True)
+    lock = FileLock(str(out / "locks" / "tinyds__bprmf__fitnet__seed0.lock"))
+    with lock:  # another process is training this cell
+        assert main(["run", "--datasets", str(tiny_folder), "--methods", "student,fitnet", "--out", str(out),
+                     *QUICK]) == 0
+    assert (out / "cells" / "tinyds__bprmf__student__seed0.json").exists()
+    assert not (out / "cells" / "tinyds__bprmf__fitnet__seed0.json").exists()
+    assert "1 running elsewhere" in capsys.readouterr().err
