@@ -170,22 +170,13 @@ class GridRunner:
         path = self.out / "cells" / f"{stem}.json"
         chash = config_hash(tcfg, ds)
         model = _build(ds, cfg["backbone"], cfg["teacher"], cfg["seed"], self.device)
-        manifest = self.cache.load(key, model)
-        if manifest is None:
-            self.log(f"{tag} {stem}: training teacher (d={cfg['teacher']['dim']}) ...")
-            started = _now()
-            res = fit(model, ds, _role(cfg["teacher"]), _train_cfg(cfg), cfg["seed"], progress=self.progress,
-                      desc=f"teacher {ds.name}/{cfg['backbone']}")
-            test = evaluate_model(model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
-            manifest = {"key": key, "spec": spec, "metrics": test.means, "valid_metrics": res.best_valid,
-                        "best_epoch": res.best_epoch, "epochs": res.epochs, "timing": res.timing,
-                        "history": res.history, "started_at": started, "finished_at": _now(),
-                        "environment": environment(self.device)}
-            self.cache.save(key, model, manifest)
-            cached = False
-        else:
-            cached = True
-            test = None
+        locks = self.out / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(locks / f"teacher-{key[:16]}.lock")):  # a second run waits, then loads the cached teacher
+            manifest, test = self.cache.load(key, model), None
+            cached = manifest is not None
+            if not cached:
+                manifest, test = self._train_teacher(ds, cfg, model, key, spec, tag, stem)
         t_info = {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
                   "best_epoch": manifest["best_epoch"]}
         if self._skip(path, chash):
@@ -202,6 +193,19 @@ class GridRunner:
             self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f}"
                      f" ({'cached' if cached else 'trained'})")
         return Teacher(model, ds), t_info
+
+    def _train_teacher(self, ds: Dataset, cfg: dict, model, key: str, spec: dict, tag: str, stem: str):
+        self.log(f"{tag} {stem}: training teacher (d={cfg['teacher']['dim']}) ...")
+        started = _now()
+        res = fit(model, ds, _role(cfg["teacher"]), _train_cfg(cfg), cfg["seed"], progress=self.progress,
+                  desc=f"teacher {ds.name}/{cfg['backbone']}")
+        test = evaluate_model(model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
+        manifest = {"key": key, "spec": spec, "metrics": test.means, "valid_metrics": res.best_valid,
+                    "best_epoch": res.best_epoch, "epochs": res.epochs, "timing": res.timing,
+                    "history": res.history, "started_at": started, "finished_at": _now(),
+                    "environment": environment(self.device)}
+        self.cache.save(key, model, manifest)
+        return manifest, test
 
     def _method_cell(self, ds: Dataset, cfg: dict, teacher: Teacher | None, t_info: dict, summary: GridSummary,
                      tag: str) -> None:
