@@ -64,7 +64,7 @@ def _train_cfg(cfg: dict) -> TrainConfig:
 def _build(ds: Dataset, backbone: str, role_cfg: dict, seed: int, device: torch.device):
     cls = BACKBONES.get(backbone)
     seed_everything(seed)  # init independent of any RNG use before it (spec §6)
-    return cls(ds, role_cfg["dim"], cls.Config(**role_cfg["backbone"]), device).to(device)
+    return cls(ds, role_cfg["dim"], cls.Config(**role_cfg["backbone"])).to(device)
 
 
 def teacher_spec(cfg: dict, ds: Dataset, device: torch.device) -> dict:

@@ -25,8 +25,8 @@ class LightGCN(Backbone):
     description = "linear graph convolution; final = mean of layers 0..K over the normalised user-item graph"
     Config = LightGCNConfig
 
-    def __init__(self, data, dim, cfg, device="cpu"):
-        super().__init__(data, dim, cfg, device)
+    def __init__(self, data, dim, cfg):
+        super().__init__(data, dim, cfg)
         self._adj_np = normalized_adjacency(data)
         self._adj = None
 

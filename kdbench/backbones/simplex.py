@@ -36,8 +36,8 @@ class SimpleX(Backbone):
     Config = SimpleXConfig
     negatives_exclude_positives = False  # KDs neg_sampling_on_all
 
-    def __init__(self, data, dim, cfg, device="cpu"):
-        super().__init__(data, dim, cfg, device)
+    def __init__(self, data, dim, cfg):
+        super().__init__(data, dim, cfg)
         self.w_v = nn.Linear(dim, dim, bias=False)
         nn.init.xavier_normal_(self.w_v.weight)
         r = data.csr("train")
