@@ -11,6 +11,7 @@ from .backbones import BACKBONES
 from .config import PROFILES, ConfigError, load_config_file, parse_set
 from .datasets import DATASETS, DatasetError
 from .methods import BUILTIN_METHODS, CORE_METHODS, DISTILLERS
+from .executors import ExecutorError
 from .registry import import_plugin_module
 
 
@@ -59,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
     r.add_argument("--dry-run", action="store_true", help="print the planned cells and their state; train nothing")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-cell log lines")
+    ex = r.add_argument_group("executors")
+    ex.add_argument("--executor", choices=["local", "dask", "slurm"], help="where cells run (default: local)")
+    ex.add_argument("--workers", type=int, help="parallel cells (local processes or dask workers; default 1); "
+                    "each gets cores/workers threads")
+    ex.add_argument("--scheduler", help="dask scheduler address (default: a local cluster of --workers)")
+    ex.add_argument("--slurm-partition")
+    ex.add_argument("--slurm-time", type=int, help="minutes per job (default 1440)")
+    ex.add_argument("--slurm-gpus", type=int, help="GPUs per job (default 0)")
+    ex.add_argument("--slurm-cpus", type=int, help="CPUs per job (default 2)")
+    ex.add_argument("--slurm-mem-gb", type=int)
+    ex.add_argument("--slurm-array-parallelism", type=int, help="jobs of an array running at once")
+    ex.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"],
+                    help="submitit cluster (default: slurm when available; local/debug run the jobs here)")
 
     ls = sub.add_parser("list", help="list methods, backbones or datasets with their hyperparameters")
     ls.add_argument("kind", nargs="?", choices=["methods", "backbones", "datasets"], default=None)
@@ -88,15 +102,21 @@ def cmd_run(args) -> int:
     overrides = {**file_cfg.get("set", {}), **parse_set(args.set)}
     if not args.quiet:
         logging.getLogger("kdbench").setLevel(logging.INFO)
+    workers = pick("workers", 1)
     runner = GridRunner(pick("out", "kdbench-out"), pick("data_root", None), pick("cache_dir", None),
-                        pick("device", "cpu"), progress=not args.quiet and sys.stderr.isatty(),
-                        log=(lambda m: None) if args.quiet else None, rerun=args.rerun)
+                        pick("device", "cpu"), progress=not args.quiet and sys.stderr.isatty() and workers == 1,
+                        quiet=args.quiet, rerun=args.rerun, imports=tuple(file_cfg.get("imports", []) + args.imports))
     if args.dry_run:
         from tabulate import tabulate
         rows = runner.dry_run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides)
         print(tabulate(rows, headers="keys", tablefmt="github"))
         return 0
-    summary = runner.run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides)
+    from .executors import make_executor
+    executor = make_executor(pick("executor", "local"), workers, pick("scheduler", None), runner.out,
+                             partition=args.slurm_partition, time_min=args.slurm_time, gpus=args.slurm_gpus,
+                             cpus=args.slurm_cpus, mem_gb=args.slurm_mem_gb,
+                             array_parallelism=args.slurm_array_parallelism, cluster=args.slurm_cluster)
+    summary = runner.run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides, executor)
     from .leaderboard import load_records, leaderboard
     print(render(leaderboard(load_records(runner.out)), "md"))
     print(f"\n{len(summary.ok)} cells run, {len(summary.skipped)} skipped (done before), {len(summary.busy)} "
@@ -152,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["run", *(argv or [])])
     try:
         return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard}[args.command](args)
-    except (ConfigError, DatasetError, KeyError, FileNotFoundError, ModuleNotFoundError, ValueError) as exc:
+    except (ConfigError, DatasetError, ExecutorError, KeyError, FileNotFoundError, ModuleNotFoundError, ValueError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"kdbench: error: {msg}", file=sys.stderr)
         return 2

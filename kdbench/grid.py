@@ -13,7 +13,6 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .backbones import BACKBONES
-from .config import check_overrides, resolve_cell, resolve_data
+from .config import PROFILE_NOTES, check_overrides, resolve_cell, resolve_data
 from .datasets import Dataset, load_dataset
 from .evaluate import EvalResult, evaluate_model
 from .leaderboard import write_tables
@@ -79,9 +78,34 @@ def config_hash(cfg: dict, ds: Dataset) -> str:
     return sha256_json({"config": cfg, "dataset": ds.fingerprint, "kdbench": __version__})
 
 
+@dataclass(frozen=True)
+class CellTask:
+    """One cell to run, in plain data (picklable for any executor)."""
+    kind: str                 # "teacher" or "method"
+    dataset: str
+    data_overrides: dict      # the ``data.*`` overrides the dataset is loaded with
+    config: dict              # the resolved cell configuration
+    stem: str                 # the cell's record name
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """What a worker process needs to rebuild the runner (plugin modules are imported again there)."""
+    out: str
+    data_root: str | None = None
+    cache_dir: str | None = None
+    device: str = "cpu"
+    rerun: bool = False
+    quiet: bool = False
+    imports: tuple = ()
+
+
 class GridRunner:
     def __init__(self, out: str | Path, data_root=None, cache_dir=None, device: str = "cpu",
-                 progress: bool = False, log: Callable[[str], None] | None = None, rerun: bool = False):
+                 progress: bool = False, quiet: bool = False, rerun: bool = False, imports: tuple = ()):
+        self.settings = RunnerSettings(str(out), None if data_root is None else str(data_root),
+                                       None if cache_dir is None else str(cache_dir), device, rerun, quiet,
+                                       tuple(imports))
         self.out = Path(out)
         self.data_root = data_root
         self.cache = TeacherCache(cache_dir)
@@ -89,23 +113,24 @@ class GridRunner:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
         self.progress = progress
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.rerun = rerun
         git_commit()  # read once now: the code that runs is the code at start, whatever is committed meanwhile
         self._datasets: dict[tuple, Dataset] = {}
+        self._teachers: dict[str, tuple] = {}
 
     # -- planning -------------------------------------------------------------------------------------------
-    def plan(self, datasets, backbones, methods, seeds, profile, overrides) -> list[tuple[Dataset, dict]]:
-        """Validate the whole request and return (dataset, resolved cell config) pairs, teachers' groups in
-        order; raises before any training on a bad name, override or dataset file."""
+    def plan(self, datasets, backbones, methods, seeds, profile, overrides) -> list[tuple[str, Dataset, dict]]:
+        """Validate the whole request and return (dataset as requested, dataset, resolved cell config) triples,
+        teachers' groups in order; raises before any training on a bad name, override or dataset file."""
         for b in backbones:
             BACKBONES.get(b)
         for m in methods:
             DISTILLERS.get(m)
         check_overrides(overrides, backbones, methods)
-        loaded = [self.dataset(d, overrides) for d in datasets]
-        return [(ds, resolve_cell(ds.name, b, m, s, profile, overrides))
-                for ds in loaded for b in backbones for s in seeds for m in methods]
+        loaded = [(d, self.dataset(d, overrides)) for d in datasets]
+        return [(d, ds, resolve_cell(ds.name, b, m, s, profile, overrides))
+                for d, ds in loaded for b in backbones for s in seeds for m in methods]
 
     def dataset(self, name: str, overrides: dict) -> Dataset:
         cfg = resolve_data(overrides)
@@ -119,7 +144,7 @@ class GridRunner:
         teacher is cached."""
         overrides = overrides or {}
         rows = []
-        for ds, cfg in self.plan(datasets, backbones, methods, seeds, profile, overrides):
+        for _, ds, cfg in self.plan(datasets, backbones, methods, seeds, profile, overrides):
             stem = cell_stem(ds.name, cfg["backbone"], cfg["method"]["name"], cfg["seed"])
             rec = read_record(self.out / "cells" / f"{stem}.json")
             if rec is None:
@@ -133,66 +158,104 @@ class GridRunner:
         return rows
 
     # -- running --------------------------------------------------------------------------------------------
-    def run(self, datasets, backbones, methods, seeds, profile="quick", overrides=None) -> GridSummary:
+    def tasks(self, datasets, backbones, methods, seeds, profile="quick", overrides=None
+              ) -> tuple[list[CellTask], list[CellTask]]:
+        """The teacher cells (one per dataset × backbone × seed) and the method cells, as self-contained tasks
+        that any process can run."""
         overrides = overrides or {}
-        cells = self.plan(datasets, backbones, methods, seeds, profile, overrides)
+        data_over = {k: v for k, v in overrides.items() if k.startswith("data.")}
+        teachers, cells, seen = [], [], set()
+        for name, ds, cfg in self.plan(datasets, backbones, methods, seeds, profile, overrides):
+            group = (ds.name, cfg["backbone"], cfg["seed"])
+            if group not in seen:
+                seen.add(group)
+                teachers.append(CellTask("teacher", name, data_over, cfg,
+                                         cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])))
+            cells.append(CellTask("method", name, data_over, cfg,
+                                  cell_stem(ds.name, cfg["backbone"], cfg["method"]["name"], cfg["seed"])))
+        return teachers, cells
+
+    def run(self, datasets, backbones, methods, seeds, profile="quick", overrides=None,
+            executor=None) -> GridSummary:
+        """Run the grid: all teachers first, then every method cell, each phase through ``executor`` (a
+        ``kdbench.executors.Executor``; None = in this process, one cell after another)."""
+        teachers, cells = self.tasks(datasets, backbones, methods, seeds, profile, overrides)
         summary = GridSummary()
-        groups: dict[tuple, list[tuple[Dataset, dict]]] = {}
-        for ds, c in cells:
-            groups.setdefault((id(ds), c["backbone"], c["seed"]), []).append((ds, c))
-        n, i = len(cells) + len(groups), 0
-        for group in groups.values():
-            ds, first = group[0]
-            teacher = None
-            i += 1
-            try:
-                teacher, t_info = self._teacher_cell(ds, first, summary, f"[{i}/{n}]")
-            except Exception as exc:  # every cell of the group needs this teacher
-                t_info = {"error": f"teacher failed: {type(exc).__name__}: {exc}"}
-                summary.failed.append(cell_stem(ds.name, first["backbone"], "teacher", first["seed"]))
-                self.log(f"[{i}/{n}] {ds.name} {first['backbone']} teacher seed{first['seed']}: FAILED {exc}")
-            for _, cfg in group:
-                i += 1
-                self._method_cell(ds, cfg, teacher, t_info, summary, f"[{i}/{n}]")
+        n = len(teachers) + len(cells)
+        numbered = [(f"[{i}/{n}]", t) for i, t in enumerate(teachers + cells, 1)]
+        phases = (numbered[:len(teachers)], numbered[len(teachers):])
+        for phase in phases:
+            if executor is None:
+                outcomes = [self.execute(task, tag) for tag, task in phase]
+            else:
+                outcomes = executor.map(self.settings, phase)
+            for stem, outcome in outcomes:
+                getattr(summary, outcome).append(stem)
         write_tables(self.out)
         return summary
+
+    def execute(self, task: CellTask, tag: str = "") -> tuple[str, str]:
+        """Run one task here; returns (cell stem, outcome) with outcome one of ok/skipped/failed/busy."""
+        ds = self.dataset(task.dataset, task.data_overrides)
+        cfg = task.config
+        if task.kind == "teacher":
+            stem = cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])
+            try:
+                return stem, self._teacher_cell(ds, cfg, tag)
+            except Exception as exc:
+                self.log(f"{tag} {stem}: FAILED {type(exc).__name__}: {exc}")
+                return stem, "failed"
+        try:
+            teacher, t_info = self.teacher(ds, cfg, tag)
+        except Exception as exc:  # the cell's record says why it could not run
+            teacher, t_info = None, {"error": f"teacher failed: {type(exc).__name__}: {exc}"}
+        return self._method_cell(ds, cfg, teacher, t_info, tag)
 
     def _skip(self, path: Path, chash: str) -> bool:
         rec = read_record(path)
         return not self.rerun and rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == chash
 
-    def _teacher_cell(self, ds: Dataset, cfg: dict, summary: GridSummary, tag: str):
+    def teacher(self, ds: Dataset, cfg: dict, tag: str = "") -> tuple[Teacher, dict]:
+        """The cell's frozen teacher and its info for records: from this process's memory, else the cache, else
+        trained (under a lock, so a concurrent process waits and then loads what this one saved)."""
         spec = teacher_spec(cfg, ds, self.device)
         key = self.cache.key(spec)
+        if key not in self._teachers:
+            model = _build(ds, cfg["backbone"], cfg["teacher"], cfg["seed"], self.device)
+            locks = self.out / "locks"
+            locks.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(locks / f"teacher-{key[:16]}.lock")):
+                manifest, test = self.cache.load(key, model), None
+                cached = manifest is not None
+                if not cached:
+                    stem = cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])
+                    manifest, test = self._train_teacher(ds, cfg, model, key, spec, tag, stem)
+            t_info = {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
+                      "best_epoch": manifest["best_epoch"]}
+            self._teachers = {key: (Teacher(model, ds), t_info, manifest, test, cached)}  # one at a time: memory
+        teacher, t_info, *_ = self._teachers[key]
+        return teacher, t_info
+
+    def _teacher_cell(self, ds: Dataset, cfg: dict, tag: str) -> str:
+        teacher, t_info = self.teacher(ds, cfg, tag)
+        _, _, manifest, test, cached = self._teachers[t_info["key"]]
         tcfg = {**{k: cfg[k] for k in ("dataset", "data", "backbone", "teacher", "train", "eval", "seed")},
                 "method": {"name": "teacher", "params": {}}}
         stem = cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])
         path = self.out / "cells" / f"{stem}.json"
         chash = config_hash(tcfg, ds)
-        model = _build(ds, cfg["backbone"], cfg["teacher"], cfg["seed"], self.device)
-        locks = self.out / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(locks / f"teacher-{key[:16]}.lock")):  # a second run waits, then loads the cached teacher
-            manifest, test = self.cache.load(key, model), None
-            cached = manifest is not None
-            if not cached:
-                manifest, test = self._train_teacher(ds, cfg, model, key, spec, tag, stem)
-        t_info = {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
-                  "best_epoch": manifest["best_epoch"]}
         if self._skip(path, chash):
-            summary.skipped.append(stem)
             self.log(f"{tag} {stem}: done before, skipped")
-        else:
-            if test is None:
-                test = evaluate_model(model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
-            record = self._record(ds, tcfg, chash, t_info, test, manifest, status="ok")
-            record["teacher_cache"] = {"key": key, "hit": cached}
-            write_eval_npz(path.with_suffix(".npz"), test, ds)
-            write_json(path, record)
-            summary.ok.append(stem)
-            self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f}"
-                     f" ({'cached' if cached else 'trained'})")
-        return Teacher(model, ds), t_info
+            return "skipped"
+        if test is None:
+            test = evaluate_model(teacher.model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
+        record = self._record(ds, tcfg, chash, t_info, test, manifest, status="ok")
+        record["teacher_cache"] = {"key": t_info["key"], "hit": cached}
+        write_eval_npz(path.with_suffix(".npz"), test, ds)
+        write_json(path, record)
+        self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f}"
+                 f" ({'cached' if cached else 'trained'})")
+        return "ok"
 
     def _train_teacher(self, ds: Dataset, cfg: dict, model, key: str, spec: dict, tag: str, stem: str):
         self.log(f"{tag} {stem}: training teacher (d={cfg['teacher']['dim']}) ...")
@@ -207,25 +270,22 @@ class GridRunner:
         self.cache.save(key, model, manifest)
         return manifest, test
 
-    def _method_cell(self, ds: Dataset, cfg: dict, teacher: Teacher | None, t_info: dict, summary: GridSummary,
-                     tag: str) -> None:
+    def _method_cell(self, ds: Dataset, cfg: dict, teacher: Teacher | None, t_info: dict, tag: str) -> str:
         method = cfg["method"]["name"]
         stem = cell_stem(ds.name, cfg["backbone"], method, cfg["seed"])
         path = self.out / "cells" / f"{stem}.json"
         chash = config_hash(cfg, ds)
         if self._skip(path, chash):
-            summary.skipped.append(stem)
             self.log(f"{tag} {stem}: done before, skipped")
-            return
+            return stem, "skipped"
         with self._cell_lock(path) as held:
             if not held:
-                summary.busy.append(stem)
                 self.log(f"{tag} {stem}: running in another process, skipped")
-            elif self._skip(path, chash):  # the other process finished it while we waited for the lock
-                summary.skipped.append(stem)
+                return stem, "busy"
+            if self._skip(path, chash):  # the other process finished it while we waited for the lock
                 self.log(f"{tag} {stem}: done before, skipped")
-            else:
-                self._train_cell(ds, cfg, teacher, t_info, summary, tag, stem, path, chash)
+                return stem, "skipped"
+            return stem, self._train_cell(ds, cfg, teacher, t_info, tag, stem, path, chash)
 
     @contextmanager
     def _cell_lock(self, path: Path):
@@ -243,8 +303,8 @@ class GridRunner:
         finally:
             lock.release()
 
-    def _train_cell(self, ds: Dataset, cfg: dict, teacher: Teacher | None, t_info: dict, summary: GridSummary,
-                    tag: str, stem: str, path: Path, chash: str) -> None:
+    def _train_cell(self, ds: Dataset, cfg: dict, teacher: Teacher | None, t_info: dict, tag: str, stem: str,
+                    path: Path, chash: str) -> str:
         method = cfg["method"]["name"]
         started = _now()
         try:
@@ -263,24 +323,27 @@ class GridRunner:
             record.update(error=f"{type(exc).__name__}: {exc}",
                           traceback=traceback.format_exc(limit=8).splitlines()[-12:], started_at=started)
             write_json(path, record)
-            summary.failed.append(stem)
             self.log(f"{tag} {stem}: FAILED {type(exc).__name__}: {exc}")
-            return
+            return "failed"
         info = {"best_epoch": res.best_epoch, "epochs": res.epochs, "valid_metrics": res.best_valid,
                 "timing": res.timing, "history": res.history, "started_at": started, "finished_at": _now()}
         record = self._record(ds, cfg, chash, t_info, test, info, status="ok")
         record["method_origin"] = DISTILLERS.origin(method)
-        write_eval_npz(path.with_suffix(".npz"), test, ds)
+        student.eval()
+        with torch.inference_mode():  # kept for `kdbench analyze freq` (the spectrum of what the student learned)
+            reprs = tuple(r.cpu().numpy() for r in student.representations())
+        write_eval_npz(path.with_suffix(".npz"), test, ds, reprs)
         write_json(path, record)
-        summary.ok.append(stem)
         self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f} "
                  f"epochs={res.epochs} epoch_s={res.timing['epoch_s']:.3f}")
+        return "ok"
 
     def _record(self, ds: Dataset, cfg: dict, chash: str, t_info: dict, test: EvalResult | None,
                 info: dict | None, status: str) -> dict:
         info = info or {}
         return {"schema": SCHEMA, "dataset": ds.describe(), "backbone": cfg["backbone"],
                 "method": cfg["method"]["name"], "seed": cfg["seed"], "profile": cfg["train"]["profile"],
+                "protocol": PROFILE_NOTES[cfg["train"]["profile"]],
                 "config": cfg, "config_hash": chash,
                 "teacher": {k: v for k, v in t_info.items() if k != "error"},
                 "metrics": test.means if test is not None else None,

@@ -61,10 +61,15 @@ def _json_default(o):
     return str(o)
 
 
-def write_eval_npz(path: Path, res: EvalResult, ds: Dataset) -> None:
-    """Per-user test metrics and top-50 lists in the dataset's own ids, checkable without kdbench."""
+def write_eval_npz(path: Path, res: EvalResult, ds: Dataset,
+                   representations: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Per-user test metrics and top-50 lists in the dataset's own ids, checkable without kdbench; optionally
+    the model's final user/item representations (rows in kdbench's internal id order: ``ds.user_ids[row]`` is
+    the row's id in the files) for the frequency analysis."""
     arrays = {"users": ds.user_ids[res.users], "topk": ds.item_ids[res.topk]}
     arrays.update(res.per_user)
+    if representations is not None:
+        arrays["user_repr"], arrays["item_repr"] = (np.asarray(r, dtype=np.float32) for r in representations)
     atomic_write_bytes(Path(path), lambda fh: np.savez_compressed(fh, **arrays))
 
 

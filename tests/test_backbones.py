@@ -45,7 +45,7 @@ def test_simplex_user_is_gated_history_mean(tiny):
 def test_bpr_loss_value():
     from kdbench.backbones.base import BackboneOutput
     B = BACKBONES.get("bprmf")
-    out = BackboneOutput(*(torch.zeros(2),) * 6, pos_scores=torch.tensor([2.0, 0.0]),
+    out = BackboneOutput(*(torch.zeros(2),) * 4, pos_scores=torch.tensor([2.0, 0.0]),
                          neg_scores=torch.tensor([[0.0], [1.0]]))
     m = B.__new__(B)
     m.cfg = B.Config()
@@ -80,3 +80,20 @@ def test_teacher_cache_hit_and_miss(tiny, tmp_path):
     assert cache.load(key, fresh) == {"metrics": {"ndcg@20": 0.5}}
     torch.testing.assert_close(fresh.user_emb.weight, m.user_emb.weight)
     assert not list(cache.path(key).parent.glob(".*"))  # no temp directories left behind
+
+
+def test_dense_and_gathered_scores_agree_with_gradients():
+    """scores_at's GEMM-then-gather path (long lists) must equal the row-gather path, gradients included."""
+    from kdbench.backbones.base import batch_scores, scores_at
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(5, 4, generator=g, requires_grad=True)
+    items = torch.randn(40, 4, generator=g, requires_grad=True)
+    idx = torch.randint(40, (5, 30), generator=g)   # 30·32 ≥ 40: the dense path
+    dense = scores_at(u, items, idx)
+    gathered = batch_scores(u, items[idx])
+    torch.testing.assert_close(dense, gathered)
+    w = torch.randn(5, 30, generator=g)
+    gd = torch.autograd.grad((dense * w).sum(), (u, items))
+    gg = torch.autograd.grad((gathered * w).sum(), (u, items))
+    for a, b in zip(gd, gg):
+        torch.testing.assert_close(a, b)

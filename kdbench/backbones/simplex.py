@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import BACKBONES
-from .base import Backbone, BackboneConfig, BackboneOutput, batch_scores
+from .base import DENSE_RATIO, Backbone, BackboneConfig, BackboneOutput, batch_scores, scores_at
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,13 @@ class SimpleX(Backbone):
 
     def forward(self, users, pos, neg):
         u = self._users(users)
-        items = F.normalize(self.item_emb(torch.cat([pos[:, None], neg], 1)), dim=-1)
-        scores = batch_scores(F.dropout(u, self.cfg.dropout, self.training), items)
-        return BackboneOutput(users, pos, neg, u, items[:, 0], items[:, 1:], scores[:, 0], scores[:, 1:],
-                              _all_fn=self.representations)
+        ids = torch.cat([pos[:, None], neg], 1)
+        u_drop = F.dropout(u, self.cfg.dropout, self.training)
+        if ids.shape[1] * DENSE_RATIO >= self.n_items:  # normalise the table once, then one GEMM (scores_at)
+            scores = scores_at(u_drop, F.normalize(self.item_emb.weight, dim=-1), ids)
+        else:  # normalise only the rows the batch needs
+            scores = batch_scores(u_drop, F.normalize(self.item_emb(ids), dim=-1))
+        return BackboneOutput(users, pos, neg, u, scores[:, 0], scores[:, 1:], _all_fn=self.representations)
 
     def loss(self, out: BackboneOutput) -> torch.Tensor:
         per_row = F.relu(1 - out.pos_scores) + self.cfg.neg_weight * F.relu(out.neg_scores - self.cfg.margin).mean(1)

@@ -1,0 +1,146 @@
+"""Where grid cells run: this process, local worker processes (joblib), a dask cluster, or slurm jobs (submitit).
+
+Every executor runs the same picklable task function, ``run_task``, which rebuilds the runner in the worker (plugin
+modules imported again), loads the dataset and the cached teacher once per process and runs one cell. Resume and
+the per-cell file locks live in the runner, so any mix of executors and processes on one ``--out`` is safe.
+dask/distributed and submitit are optional extras, imported only when their executor is asked for.
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+
+from .grid import CellTask, GridRunner, RunnerSettings
+from .registry import import_plugin_module
+
+EXECUTORS = ("local", "dask", "slurm")
+
+
+class ExecutorError(RuntimeError):
+    """An executor that cannot run here (a missing optional extra, a bad option); the message says the fix."""
+
+
+_RUNNER: dict[RunnerSettings, GridRunner] = {}
+
+
+def run_task(settings: RunnerSettings, tag: str, task: CellTask, threads: int | None = None) -> tuple[str, str]:
+    """Run one cell in this process (a worker's entry point); returns (cell stem, outcome)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if settings not in _RUNNER:  # one runner per worker process: its dataset and teacher stay loaded
+        for mod in settings.imports:
+            import_plugin_module(mod)
+        _RUNNER.clear()
+        _RUNNER[settings] = GridRunner(settings.out, settings.data_root, settings.cache_dir, settings.device,
+                                       quiet=settings.quiet, rerun=settings.rerun, imports=settings.imports)
+    return _RUNNER[settings].execute(task, tag)
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Intra-op threads per worker so that workers × threads ≤ cores (oversubscription slows every worker)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+class Executor(ABC):
+    @abstractmethod
+    def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
+        """Run (tag, task) pairs; return one (stem, outcome) per task, in order."""
+
+
+class LocalExecutor(Executor):
+    """``--workers N`` processes on this machine (joblib's loky backend); N = 1 runs in this process."""
+
+    def __init__(self, workers: int = 1, threads: int | None = None):
+        if workers < 1:
+            raise ExecutorError(f"--workers {workers}: expected a positive number of worker processes")
+        self.workers = workers
+        self.threads = threads or threads_per_worker(workers)
+
+    def map(self, settings, tasks):
+        if self.workers == 1 or len(tasks) <= 1:
+            return [run_task(settings, tag, task, self.threads if self.workers > 1 else None) for tag, task in tasks]
+        from joblib import Parallel, delayed
+        return Parallel(n_jobs=self.workers, backend="loky")(
+            delayed(run_task)(settings, tag, task, self.threads) for tag, task in tasks)
+
+
+class DaskExecutor(Executor):
+    """joblib's dask backend on a ``dask.distributed`` cluster: ``--scheduler ADDRESS``, or a local cluster of
+    ``--workers`` single-threaded worker processes."""
+
+    def __init__(self, scheduler: str | None = None, workers: int = 1, threads: int | None = None):
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            raise ExecutorError("--executor dask needs dask.distributed: pip install 'kdbench[dask]'") from None
+        self.scheduler, self.workers = scheduler, max(1, workers)
+        self.threads = threads or (None if scheduler else threads_per_worker(self.workers))
+
+    def map(self, settings, tasks):
+        from dask.distributed import Client, LocalCluster
+        from joblib import Parallel, delayed, parallel_config
+
+        if self.scheduler:
+            client, cluster = Client(self.scheduler), None
+        else:
+            cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        try:
+            with parallel_config(backend="dask"):
+                return Parallel()(delayed(run_task)(settings, tag, task, self.threads) for tag, task in tasks)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+class SlurmExecutor(Executor):
+    """One slurm job array per phase (teachers, then methods) through submitit. ``cluster="local"`` or ``"debug"``
+    runs the same jobs on this machine (submitit's executors for testing)."""
+
+    def __init__(self, folder: str | Path, partition: str | None = None, time_min: int = 24 * 60, gpus: int = 0,
+                 cpus: int = 2, mem_gb: int | None = None, array_parallelism: int | None = None,
+                 cluster: str | None = None):
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise ExecutorError("--executor slurm needs submitit: pip install 'kdbench[slurm]'") from None
+        self.folder, self.cluster = Path(folder), cluster
+        self.params = {"timeout_min": time_min, "cpus_per_task": cpus, "gpus_per_node": gpus,
+                       "slurm_partition": partition, "mem_gb": mem_gb,
+                       "slurm_array_parallelism": array_parallelism}
+        self.threads = cpus
+
+    def map(self, settings, tasks):
+        import submitit
+
+        ex = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
+        ex.update_parameters(**{k: v for k, v in self.params.items() if v is not None})
+        jobs = ex.map_array(run_task, [settings] * len(tasks), [t for t, _ in tasks], [c for _, c in tasks],
+                            [self.threads] * len(tasks))
+        out = []
+        for job, (tag, task) in zip(jobs, tasks):
+            try:
+                out.append(job.result())
+            except Exception as exc:  # a job killed by slurm (time, memory): the cell is rerun next time
+                print(f"{tag} {task.stem}: slurm job {job.job_id} failed: {exc}", flush=True)
+                out.append((task.stem, "failed"))
+        return out
+
+
+def make_executor(name: str, workers: int = 1, scheduler: str | None = None, out: str | Path = ".",
+                  **slurm) -> Executor | None:
+    """The executor for ``--executor NAME``; None = this process, one cell after another."""
+    if name == "local":
+        return None if workers == 1 else LocalExecutor(workers)
+    if name == "dask":
+        return DaskExecutor(scheduler, workers)
+    if name == "slurm":
+        return SlurmExecutor(Path(out) / "slurm", **{k: v for k, v in slurm.items() if v is not None})
+    raise ExecutorError(f"--executor {name!r}: choose one of {', '.join(EXECUTORS)}")
