@@ -1,4 +1,4 @@
-"""Command line: ``kdbench run | list | leaderboard``."""
+"""Command line: ``kdbench run | list | leaderboard | timing | report | analyze freq``."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,28 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("out")
     lb.add_argument("--format", choices=["csv", "md", "latex"], default="md")
     lb.add_argument("--metric", default="ndcg@20")
+
+    tm = sub.add_parser("timing", help="print the training-cost table of an output directory (overhead vs student)")
+    tm.add_argument("out")
+    tm.add_argument("--format", choices=["csv", "md", "latex"], default="md")
+
+    rp = sub.add_parser("report", help="write OUT/report.md and PNG figures (needs the 'plot' extra: matplotlib)")
+    rp.add_argument("out")
+    rp.add_argument("--metric", default="ndcg@20")
+
+    an = sub.add_parser("analyze", help="analyses of a finished grid")
+    an_sub = an.add_subparsers(dest="analysis", required=True)
+    fq = an_sub.add_parser("freq", help="embedding energy per frequency band of the normalised graph Laplacian, "
+                           "for the teacher and every student of a dataset/backbone (CSV + PNG under OUT/analysis)")
+    fq.add_argument("out")
+    fq.add_argument("--dataset", required=True)
+    fq.add_argument("--backbone", required=True)
+    fq.add_argument("--seed", type=int, default=0)
+    fq.add_argument("--bands", choices=["equal_width", "equal_count"], default="equal_width")
+    fq.add_argument("--mode", choices=["auto", "exact", "chebyshev"], default="auto",
+                    help="exact eigendecomposition (small graphs) or a Chebyshev approximation (auto: by size)")
+    fq.add_argument("--data-root", help="folder holding the real datasets (default: $KDBENCH_DATA)")
+    fq.add_argument("--cache-dir", help="teacher cache (default: $KDBENCH_CACHE or ~/.cache/kdbench)")
     return p
 
 
@@ -157,10 +179,41 @@ def cmd_list(args) -> int:
 def cmd_leaderboard(args) -> int:
     from .leaderboard import render, write_tables
 
-    if not (Path(args.out) / "cells").is_dir():
-        raise ConfigError(f"{args.out}: no cells/ folder; is this a kdbench run output directory?")
+    _need_cells(args.out)
     lb, _ = write_tables(args.out)
     print(render(lb, args.format, args.metric))
+    return 0
+
+
+def _need_cells(out: str) -> None:
+    if not (Path(out) / "cells").is_dir():
+        raise ConfigError(f"{out}: no cells/ folder; is this a kdbench run output directory?")
+
+
+def cmd_timing(args) -> int:
+    from .leaderboard import render_timing, write_tables
+
+    _need_cells(args.out)
+    _, tm = write_tables(args.out)
+    print(render_timing(tm, args.format))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    _need_cells(args.out)
+    print(write_report(args.out, args.metric))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .spectrum import analyze_freq
+
+    _need_cells(args.out)
+    for path in analyze_freq(args.out, args.dataset, args.backbone, args.seed, bands=args.bands, mode=args.mode,
+                             data_root=args.data_root, cache_dir=args.cache_dir):
+        print(path)
     return 0
 
 
@@ -171,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *(argv or [])])
     try:
-        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard}[args.command](args)
+        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "timing": cmd_timing,
+                "report": cmd_report, "analyze": cmd_analyze}[args.command](args)
     except (ConfigError, DatasetError, ExecutorError, KeyError, FileNotFoundError, ModuleNotFoundError, ValueError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"kdbench: error: {msg}", file=sys.stderr)

@@ -7,6 +7,7 @@ dask/distributed and submitit are optional extras, imported only when their exec
 """
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -31,6 +32,9 @@ def run_task(settings: RunnerSettings, tag: str, task: CellTask, threads: int | 
     if threads:
         torch.set_num_threads(threads)
     if settings not in _RUNNER:  # one runner per worker process: its dataset and teacher stay loaded
+        if not settings.quiet:  # the training loop's periodic progress lines, as in the parent process
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+            logging.getLogger("kdbench").setLevel(logging.INFO)
         for mod in settings.imports:
             import_plugin_module(mod)
         _RUNNER.clear()

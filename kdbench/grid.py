@@ -25,7 +25,7 @@ from .datasets import Dataset, load_dataset
 from .evaluate import EvalResult, evaluate_model
 from .leaderboard import write_tables
 from .methods import DISTILLERS
-from .records import cell_stem, environment, git_commit, read_record, write_eval_npz, write_json
+from .records import cell_stem, environment, git_commit, read_record, set_aside, write_eval_npz, write_json
 from .teacher import Teacher, TeacherCache, sha256_json
 from .train import RoleConfig, TrainConfig, fit
 
@@ -215,6 +215,17 @@ class GridRunner:
         rec = read_record(path)
         return not self.rerun and rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == chash
 
+    def _write(self, path: Path, record: dict, test: EvalResult | None, ds: Dataset, reprs=None) -> None:
+        """Write a cell's npz and record; an existing record that would be replaced is kept under superseded/."""
+        old = read_record(path)
+        if path.exists() and (old is None or old.get("status") == "ok"):
+            why = "is unreadable" if old is None else "has another config" \
+                if old.get("config_hash") != record["config_hash"] else "is rerun"
+            self.log(f"{path.name} {why}: the old record is kept as {set_aside(path)}")
+        if test is not None:
+            write_eval_npz(path.with_suffix(".npz"), test, ds, reprs)
+        write_json(path, record)
+
     def teacher(self, ds: Dataset, cfg: dict, tag: str = "") -> tuple[Teacher, dict]:
         """The cell's frozen teacher and its info for records: from this process's memory, else the cache, else
         trained (under a lock, so a concurrent process waits and then loads what this one saved)."""
@@ -251,8 +262,7 @@ class GridRunner:
             test = evaluate_model(teacher.model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
         record = self._record(ds, tcfg, chash, t_info, test, manifest, status="ok")
         record["teacher_cache"] = {"key": t_info["key"], "hit": cached}
-        write_eval_npz(path.with_suffix(".npz"), test, ds)
-        write_json(path, record)
+        self._write(path, record, test, ds)
         self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f}"
                  f" ({'cached' if cached else 'trained'})")
         return "ok"
@@ -322,7 +332,7 @@ class GridRunner:
             record = self._record(ds, cfg, chash, t_info, None, None, status="failed")
             record.update(error=f"{type(exc).__name__}: {exc}",
                           traceback=traceback.format_exc(limit=8).splitlines()[-12:], started_at=started)
-            write_json(path, record)
+            self._write(path, record, None, ds)
             self.log(f"{tag} {stem}: FAILED {type(exc).__name__}: {exc}")
             return "failed"
         info = {"best_epoch": res.best_epoch, "epochs": res.epochs, "valid_metrics": res.best_valid,
@@ -332,8 +342,7 @@ class GridRunner:
         student.eval()
         with torch.inference_mode():  # kept for `kdbench analyze freq` (the spectrum of what the student learned)
             reprs = tuple(r.cpu().numpy() for r in student.representations())
-        write_eval_npz(path.with_suffix(".npz"), test, ds, reprs)
-        write_json(path, record)
+        self._write(path, record, test, ds, reprs)
         self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f} "
                  f"epochs={res.epochs} epoch_s={res.timing['epoch_s']:.3f}")
         return "ok"

@@ -83,6 +83,18 @@ def write_tables(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return lb, tm
 
 
+def _latex(table: pd.DataFrame) -> str:
+    """A booktabs tabular: text columns left, numbers right."""
+    cols = list(table.columns)
+    esc = lambda s: str(s).replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$").replace("×", "$\\times$")  # noqa: E731
+    align = "".join("l" if c in ("dataset", "backbone", "method") else "r" for c in cols)
+    lines = ["\\begin{tabular}{" + align + "}", "\\toprule", " & ".join(esc(c) for c in cols) + " \\\\",
+             "\\midrule"]
+    lines += [" & ".join(esc(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines)
+
+
 def render(lb: pd.DataFrame, fmt: str = "md", metric: str = "ndcg@20") -> str:
     """A human table of the leaderboard: mean ± std per metric, best student per (dataset, backbone) in bold."""
     if fmt == "csv":
@@ -108,11 +120,20 @@ def render(lb: pd.DataFrame, fmt: str = "md", metric: str = "ndcg@20") -> str:
     if fmt == "md":
         return table.to_markdown(index=False)
     if fmt == "latex":
-        cols = list(table.columns)
-        esc = lambda s: str(s).replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$")  # noqa: E731
-        lines = ["\\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}", "\\toprule",
-                 " & ".join(esc(c) for c in cols) + " \\\\", "\\midrule"]
-        lines += [" & ".join(esc(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        return "\n".join(lines)
+        return _latex(table)
+    raise ValueError(f"--format {fmt!r}: choose csv, md or latex")
+
+
+def render_timing(tm: pd.DataFrame, fmt: str = "md") -> str:
+    """The training-cost table: median epoch seconds, overhead over ``student``, precompute, evaluation, memory."""
+    if fmt == "csv":
+        return tm.to_csv(index=False, float_format="%.6g")
+    table = tm.copy()
+    for col, spec in (("epoch_s", "{:.3f}"), ("overhead_x", "{:.2f}×"), ("precompute_s", "{:.2f}"),
+                      ("eval_s", "{:.1f}"), ("train_s", "{:.1f}"), ("peak_rss_mb", "{:.0f}")):
+        table[col] = [("" if pd.isna(v) else spec.format(v)) for v in table[col]]
+    if fmt == "md":
+        return table.to_markdown(index=False)
+    if fmt == "latex":
+        return _latex(table)
     raise ValueError(f"--format {fmt!r}: choose csv, md or latex")

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -79,6 +80,23 @@ def read_record(path: Path) -> dict | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def set_aside(path: Path) -> Path | None:
+    """Move an existing record (and its ``.npz``) that is about to be replaced into ``cells/superseded/`` with a
+    timestamp, so that a rerun, a config change or a corrupt file never destroys earlier results."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    dest_dir = path.parent / "superseded"
+    dest_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+    dest = dest_dir / f"{path.stem}.{stamp}.json"
+    npz = path.with_suffix(".npz")
+    if npz.exists():
+        os.replace(npz, dest.with_suffix(".npz"))
+    os.replace(path, dest)
+    return dest
 
 
 @lru_cache(maxsize=1)
