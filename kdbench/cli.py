@@ -139,8 +139,9 @@ def cmd_run(args) -> int:
                              cpus=args.slurm_cpus, mem_gb=args.slurm_mem_gb,
                              array_parallelism=args.slurm_array_parallelism, cluster=args.slurm_cluster)
     summary = runner.run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides, executor)
-    from .leaderboard import load_records, leaderboard
-    print(render(leaderboard(load_records(runner.out)), "md"))
+    from .leaderboard import load_records, leaderboard, table_notes
+    recs = load_records(runner.out)
+    print(render(leaderboard(recs), "md", notes=table_notes(recs)))
     print(f"\n{len(summary.ok)} cells run, {len(summary.skipped)} skipped (done before), {len(summary.busy)} "
           f"running elsewhere, {len(summary.failed)} failed; records in {runner.out / 'cells'}", file=sys.stderr)
     return min(len(summary.failed), 100)
@@ -177,11 +178,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from .leaderboard import render, write_tables
+    from .leaderboard import load_records, render, table_notes, write_tables
 
     _need_cells(args.out)
     lb, _ = write_tables(args.out)
-    print(render(lb, args.format, args.metric))
+    print(render(lb, args.format, args.metric, table_notes(load_records(args.out))))
     return 0
 
 

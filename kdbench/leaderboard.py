@@ -1,4 +1,8 @@
-"""Tables derived from the cell records: ``leaderboard.csv`` and ``timing.csv`` (never hand-edited)."""
+"""Tables derived from the cell records: ``leaderboard.csv`` and ``timing.csv`` (never hand-edited).
+
+``leaderboard.csv`` carries, per row, BH-adjusted p-values of the difference from ``student`` (``p_ndcg@20``,
+``p_recall@20``) and the test used (``p_test``: ``t`` across seeds, ``wilcoxon`` across users); see
+``significance.py``."""
 from __future__ import annotations
 
 import json
@@ -9,9 +13,12 @@ import pandas as pd
 
 from .evaluate import METRICS
 from .records import atomic_write_text
+from .significance import MIN_SEEDS_FOR_T, TESTS, p_values
 
+TESTED = ("ndcg@20", "recall@20")   # the metrics that get a significance test against student
+ALPHA = 0.05
 LEADERBOARD_COLUMNS = (["dataset", "backbone", "method", "seeds", *METRICS, *[f"{m}_std" for m in METRICS],
-                        "gain_ndcg@20_pct", "gain_recall@20_pct"])
+                        "gain_ndcg@20_pct", "gain_recall@20_pct", *[f"p_{m}" for m in TESTED], "p_test"])
 TIMING_COLUMNS = ["dataset", "backbone", "method", "epoch_s", "overhead_x", "precompute_s", "eval_s", "train_s",
                   "peak_rss_mb"]
 
@@ -20,9 +27,11 @@ def load_records(out: str | Path) -> list[dict]:
     recs = []
     for p in sorted((Path(out) / "cells").glob("*.json")):
         try:
-            recs.append(json.loads(p.read_text()))
+            rec = json.loads(p.read_text())
         except (OSError, ValueError):
             continue  # a corrupt record is reported by the grid, not fatal to the tables
+        rec["_npz"] = str(p.with_suffix(".npz"))  # per-user metrics, for the significance tests
+        recs.append(rec)
     return recs
 
 
@@ -38,7 +47,7 @@ def _ok_frame(records: list[dict]) -> pd.DataFrame:
             continue
         t = r.get("timing") or {}
         rows.append({"dataset": r["dataset"]["name"], "backbone": r["backbone"], "method": r["method"],
-                     "seed": r["seed"], **{m: r["metrics"][m] for m in METRICS},
+                     "seed": r["seed"], **{m: r["metrics"][m] for m in METRICS}, "npz": r.get("_npz"),
                      "epoch_s": t.get("epoch_s"), "precompute_s": t.get("precompute_s", 0.0),
                      "eval_s": t.get("eval_s"), "train_s": t.get("train_s"), "peak_rss_mb": t.get("peak_rss_mb")})
     return pd.DataFrame(rows)
@@ -56,9 +65,21 @@ def leaderboard(records: list[dict]) -> pd.DataFrame:
         ref = out[out["method"] == "student"].set_index(["dataset", "backbone"])[metric]
         base = out.set_index(["dataset", "backbone"]).index.map(lambda k: ref.get(k, np.nan))
         out[f"gain_{metric}_pct"] = (out[metric].to_numpy() / np.asarray(base, dtype=float) - 1) * 100
+    out = out.merge(p_values(df, TESTED), on=["dataset", "backbone", "method"], how="left")
     out["_order"] = out["method"].map({m: i for i, m in enumerate(_method_order(out["method"].unique()))})
     out = out.sort_values(["dataset", "backbone", "_order"]).drop(columns="_order")
     return out[LEADERBOARD_COLUMNS].reset_index(drop=True)
+
+
+def table_notes(records: list[dict]) -> str:
+    """The footnote of a rendered leaderboard: protocol(s), seeds, what bold and the markers mean."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    protocols = sorted({r.get("protocol") or r.get("profile", "?") for r in ok})
+    seeds = sorted({r["seed"] for r in ok})
+    return (f"Mean ± std over seeds {', '.join(map(str, seeds))} (std shown with ≥ 2 seeds). Bold: best student "
+            f"per dataset/backbone. † : differs from student at BH-adjusted p < {ALPHA} "
+            f"({TESTS['t']} with ≥ {MIN_SEEDS_FOR_T} seeds, else {TESTS['wilcoxon']}; Benjamini–Hochberg over "
+            f"the table's rows). Protocol: {'; '.join(protocols)}.")
 
 
 def timing(records: list[dict]) -> pd.DataFrame:
@@ -83,20 +104,25 @@ def write_tables(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return lb, tm
 
 
-def _latex(table: pd.DataFrame) -> str:
-    """A booktabs tabular: text columns left, numbers right."""
+def _latex(table: pd.DataFrame, notes: str = "") -> str:
+    """A booktabs tabular: text columns left, numbers right, ``notes`` in a full-width last row."""
     cols = list(table.columns)
-    esc = lambda s: str(s).replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$").replace("×", "$\\times$")  # noqa: E731
+    esc = lambda s: str(s).replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$").replace("×", "$\\times$") \
+        .replace("†", "$^\\dagger$").replace("≥", "$\\geq$")  # noqa: E731
     align = "".join("l" if c in ("dataset", "backbone", "method") else "r" for c in cols)
     lines = ["\\begin{tabular}{" + align + "}", "\\toprule", " & ".join(esc(c) for c in cols) + " \\\\",
              "\\midrule"]
     lines += [" & ".join(esc(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
-    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines.append("\\bottomrule")
+    if notes:
+        lines.append(f"\\multicolumn{{{len(cols)}}}{{p{{0.95\\linewidth}}}}{{\\footnotesize {esc(notes)}}} \\\\")
+    lines.append("\\end{tabular}")
     return "\n".join(lines)
 
 
-def render(lb: pd.DataFrame, fmt: str = "md", metric: str = "ndcg@20") -> str:
-    """A human table of the leaderboard: mean ± std per metric, best student per (dataset, backbone) in bold."""
+def render(lb: pd.DataFrame, fmt: str = "md", metric: str = "ndcg@20", notes: str = "") -> str:
+    """A human table of the leaderboard: mean ± std per metric, best student per (dataset, backbone) in bold,
+    † where the difference from student is significant, ``notes`` as a footnote."""
     if fmt == "csv":
         return lb.to_csv(index=False, float_format="%.6g")
     if metric not in METRICS:
@@ -112,15 +138,16 @@ def render(lb: pd.DataFrame, fmt: str = "md", metric: str = "ndcg@20") -> str:
                 cell = f"{r[m]:.4f}" + (f" ± {r[m + '_std']:.4f}" if pd.notna(r[m + "_std"]) else "")
                 if r["method"] != "teacher" and np.isclose(r[m], best[m]):
                     cell = f"**{cell}**" if fmt == "md" else f"\\textbf{{{cell}}}"
-                row[m] = cell
+                p = r.get(f"p_{m}")
+                row[m] = cell + (" †" if p is not None and pd.notna(p) and float(p) < ALPHA else "")
             gain = r.get(f"gain_{metric}_pct")
             row[f"gain {metric}"] = "" if pd.isna(gain) or r["method"] == "student" else f"{gain:+.1f}%"
             rows.append(row)
     table = pd.DataFrame(rows)
     if fmt == "md":
-        return table.to_markdown(index=False)
+        return table.to_markdown(index=False) + (f"\n\n{notes}" if notes else "")
     if fmt == "latex":
-        return _latex(table)
+        return _latex(table, notes)
     raise ValueError(f"--format {fmt!r}: choose csv, md or latex")
 
 

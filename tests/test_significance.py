@@ -1,0 +1,89 @@
+"""Significance against student: the test chosen by the number of seeds, BH correction, and the rendered markers."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from kdbench.evaluate import METRICS
+from kdbench.leaderboard import leaderboard, render, table_notes
+from kdbench.significance import paired_seed_test, paired_user_test, p_values
+
+
+def _cell(method, seed, ndcg, npz=None, dataset="d", backbone="bprmf"):
+    return {"status": "ok", "dataset": {"name": dataset}, "backbone": backbone, "method": method, "seed": seed,
+            "profile": "quick", "protocol": "quick: test", "metrics": {m: ndcg for m in METRICS},
+            "timing": {"epoch_s": 1.0}, "_npz": npz}
+
+
+def _npz(path, users, values):
+    np.savez(path, users=np.asarray(users), **{m: np.asarray(values, dtype=np.float32) for m in METRICS})
+    return str(path)
+
+
+def test_paired_t_test_across_seeds_matches_scipy():
+    method = pd.Series([0.30, 0.33, 0.31], index=[0, 1, 2])
+    student = pd.Series([0.20, 0.21, 0.25], index=[0, 1, 2])
+    expect = stats.ttest_rel([0.30, 0.33, 0.31], [0.20, 0.21, 0.25]).pvalue
+    assert paired_seed_test(method, student) == pytest.approx(expect)
+    # a constant improvement has zero variance: significant; identical runs are not
+    assert paired_seed_test(student + 0.1, student) == 0.0
+    assert paired_seed_test(student, student) == 1.0
+
+
+def test_wilcoxon_across_users_pairs_users_by_id(tmp_path):
+    users = np.arange(40)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 0.5, 40)
+    better = base + rng.uniform(0.01, 0.1, 40)
+    s = _npz(tmp_path / "s.npz", users, base)
+    m = _npz(tmp_path / "m.npz", users[::-1], better[::-1])   # same users, another order
+    p = paired_user_test([m], [s], "ndcg@20")
+    assert p == pytest.approx(stats.wilcoxon(better - base).pvalue)
+    assert p < 1e-6
+    assert paired_user_test([s], [s], "ndcg@20") == 1.0
+    assert np.isnan(paired_user_test([str(tmp_path / "missing.npz")], [s], "ndcg@20"))
+
+
+def test_three_seeds_use_t_fewer_use_wilcoxon_and_bh_adjusts(tmp_path):
+    users = np.arange(30)
+    rng = np.random.default_rng(1)
+    recs = []
+    for seed, (sv, av, bv) in enumerate([(0.20, 0.30, 0.21), (0.21, 0.33, 0.20), (0.25, 0.31, 0.26)]):
+        recs += [_cell("student", seed, sv), _cell("a", seed, av), _cell("b", seed, bv)]
+    lb = leaderboard(recs)
+    rows = lb.set_index("method")
+    assert rows.loc["a", "p_test"] == "t" and rows.loc["b", "p_test"] == "t"
+    raw = [stats.ttest_rel([0.30, 0.33, 0.31], [0.20, 0.21, 0.25]).pvalue,
+           stats.ttest_rel([0.21, 0.20, 0.26], [0.20, 0.21, 0.25]).pvalue]
+    adjusted = stats.false_discovery_control(raw, method="bh")
+    assert rows.loc["a", "p_ndcg@20"] == pytest.approx(adjusted[0])
+    assert rows.loc["b", "p_ndcg@20"] == pytest.approx(adjusted[1])
+    assert pd.isna(rows.loc["student", "p_ndcg@20"])
+
+    # one seed: per-user Wilcoxon from the npz files
+    base = rng.uniform(0, 0.4, 30)
+    one = [_cell("student", 0, 0.2, _npz(tmp_path / "s0.npz", users, base)),
+           _cell("a", 0, 0.3, _npz(tmp_path / "a0.npz", users, base + 0.05))]
+    row = leaderboard(one).set_index("method").loc["a"]
+    assert row["p_test"] == "wilcoxon" and row["p_ndcg@20"] < 1e-5
+
+
+def test_rendered_table_marks_significant_rows_and_has_a_footnote(tmp_path):
+    recs = []
+    for seed, (sv, av, bv) in enumerate([(0.20, 0.30, 0.21), (0.21, 0.32, 0.20), (0.25, 0.35, 0.26)]):
+        recs += [_cell("student", seed, sv), _cell("a", seed, av), _cell("b", seed, bv)]
+    notes = table_notes(recs)
+    md = render(leaderboard(recs), "md", notes=notes)
+    line = {ln.split("|")[3].strip(): ln for ln in md.splitlines() if ln.startswith("| d ")}
+    assert "†" in line["a"] and "**" in line["a"]          # best and significant
+    assert "†" not in line["b"] and "†" not in line["student"]
+    assert "paired t-test" in md and "Protocol: quick: test" in md
+    tex = render(leaderboard(recs), "latex", notes=notes)
+    assert "\\toprule" in tex and "$^\\dagger$" in tex and "\\footnotesize" in tex
+
+
+def test_rows_without_a_student_get_no_p_value():
+    lb = leaderboard([_cell("a", s, 0.3) for s in range(3)])
+    assert lb["p_test"].fillna("").eq("").all() and lb["p_ndcg@20"].isna().all()
+    assert p_values(pd.DataFrame(columns=["dataset", "backbone", "method", "seed", "npz", *METRICS]),
+                    ("ndcg@20",)).empty
