@@ -33,6 +33,8 @@ class Registry(Generic[T]):
         self._origin: dict[str, str] = {}
         self._plugins_loaded = False
         self.broken_plugins: dict[str, str] = {}
+        #: builds an entry for a name that is not registered (e.g. ``de+rrd`` from its parts), or returns None
+        self.factory: Callable[[str], T | None] | None = None
 
     def register(self, name: str | Callable | None = None, *, override: bool = False):
         """``@REG.register("name")`` or ``@REG.register`` (uses the object's ``name`` attribute)."""
@@ -77,6 +79,10 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._entries:
             self.load_plugins()
+        if name not in self._entries and self.factory is not None:
+            built = self.factory(name)
+            if built is not None:
+                self.register(name)(built)
         if name not in self._entries:
             raise KeyError(self._unknown_message(name))
         return self._entries[name]

@@ -12,9 +12,9 @@ import torch
 
 from . import __version__
 from .backbones import Backbone
-from .backbones.base import batch_scores
 from .datasets import Dataset
 from .evaluate import full_rank_topk
+from .scoring import pair_scores
 
 # Source files whose behaviour determines a trained teacher: editing any of them invalidates the cache.
 _TRAINING_CODE = ("train.py", "sampling.py", "graph.py", "evaluate.py", "backbones/base.py", "backbones/bprmf.py",
@@ -112,7 +112,7 @@ class Teacher:
 
     def scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Teacher scores for ``users`` [B] against ``items`` [B, K]."""
-        return batch_scores(self.user_repr[users], self.item_repr[items])
+        return pair_scores(self.user_repr, self.item_repr, users, items)
 
     def topk(self, k: int) -> torch.Tensor:
         """[n_users, k] teacher top-k items per user with training items masked (computed once per k)."""

@@ -322,3 +322,15 @@ def test_fit_runs_with_the_harness(tiny, method):
     res = fit(student, tiny, RoleConfig(dim=4, lr=1e-2, wd=0.0, batch_size=128), TrainConfig(max_epochs=2, patience=2),
               seed=0, distiller=d, weight=d.cfg.weight)
     assert res.epochs == 2 and set(res.history[0]["losses"]) == {"base", "kd_rank"}
+
+
+def test_pair_scores_equal_the_gathered_dot_products():
+    """The SDDMM used for teacher scores returns ⟨u, i⟩ per listed pair, in list order, duplicates included."""
+    from kdbench.scoring import pair_scores
+    g = torch.Generator().manual_seed(0)
+    u, it = torch.randn(6, 8, generator=g), torch.randn(30, 8, generator=g)
+    users = torch.tensor([0, 5, 5, 2])
+    items = torch.tensor([[3, 1, 29], [0, 0, 7], [12, 3, 3], [29, 28, 1]])
+    expect = (u[users][:, None, :] * it[items]).sum(-1)
+    torch.testing.assert_close(pair_scores(u, it, users, items), expect)
+    assert pair_scores(u, it, users[:0], items[:0]).shape == (0, 3)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .base import DISTILLERS, Distiller, DistillerConfig, list_distillers, register_distiller, register_variant
-from . import student, fitnet, freqd, kd, rd, cd, rrd, de, ftd, htd  # noqa: E402,F401
+from . import student, fitnet, freqd, kd, rd, cd, rrd, de, ftd, htd, composite  # noqa: E402,F401
 
 #: the methods of the default run (``kdbench run`` with no arguments): the reference, plain feature KD, FreqD and
 #: response KD. They fit the default run's few-minute budget on 2 CPU cores.
