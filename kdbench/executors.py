@@ -55,6 +55,9 @@ class Executor(ABC):
     def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
         """Run (tag, task) pairs; return one (stem, outcome) per task, in order."""
 
+    def close(self) -> None:
+        """Release what ``map`` set up (called once, after the last phase)."""
+
 
 class LocalExecutor(Executor):
     """``--workers N`` processes on this machine (joblib's loky backend); N = 1 runs in this process."""
@@ -82,26 +85,32 @@ class DaskExecutor(Executor):
             import dask.distributed  # noqa: F401
         except ImportError:
             raise ExecutorError("--executor dask needs dask.distributed: pip install 'kdbench[dask]'") from None
-        self.scheduler, self.workers = scheduler, max(1, workers)
+        if workers < 1 and not scheduler:
+            raise ExecutorError(f"--workers {workers}: expected a positive number of worker processes")
+        self.scheduler, self.workers = scheduler, workers
         self.threads = threads or (None if scheduler else threads_per_worker(self.workers))
+        self.client = self.cluster = None
 
     def map(self, settings, tasks):
         from dask.distributed import Client, LocalCluster
         from joblib import Parallel, delayed, parallel_config
 
-        if self.scheduler:
-            client, cluster = Client(self.scheduler), None
-        else:
-            cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
-            client = Client(cluster)
-        try:
-            with parallel_config(backend="dask"):
-                return Parallel()(delayed(run_task)(settings, tag, task, self.threads) for tag, task in tasks)
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        if self.client is None:  # one cluster for both phases: its workers keep the dataset loaded
+            if self.scheduler:
+                self.client = Client(self.scheduler)
+            else:
+                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None)
+                self.client = Client(self.cluster)
+        with parallel_config(backend="dask"):
+            return Parallel()(delayed(run_task)(settings, tag, task, self.threads) for tag, task in tasks)
+
+    def close(self):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.client = self.cluster = None
 
 
 class SlurmExecutor(Executor):

@@ -184,13 +184,17 @@ class GridRunner:
         n = len(teachers) + len(cells)
         numbered = [(f"[{i}/{n}]", t) for i, t in enumerate(teachers + cells, 1)]
         phases = (numbered[:len(teachers)], numbered[len(teachers):])
-        for phase in phases:
-            if executor is None:
-                outcomes = [self.execute(task, tag) for tag, task in phase]
-            else:
-                outcomes = executor.map(self.settings, phase)
-            for stem, outcome in outcomes:
-                getattr(summary, outcome).append(stem)
+        try:
+            for phase in phases:
+                if executor is None:
+                    outcomes = [self.execute(task, tag) for tag, task in phase]
+                else:
+                    outcomes = executor.map(self.settings, phase)
+                for stem, outcome in outcomes:
+                    getattr(summary, outcome).append(stem)
+        finally:
+            if executor is not None:
+                executor.close()
         write_tables(self.out)
         return summary
 
@@ -255,14 +259,19 @@ class GridRunner:
         stem = cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])
         path = self.out / "cells" / f"{stem}.json"
         chash = config_hash(tcfg, ds)
-        if self._skip(path, chash):
-            self.log(f"{tag} {stem}: done before, skipped")
-            return "skipped"
-        if test is None:
-            test = evaluate_model(teacher.model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
-        record = self._record(ds, tcfg, chash, t_info, test, manifest, status="ok")
-        record["teacher_cache"] = {"key": t_info["key"], "hit": cached}
-        self._write(path, record, test, ds)
+        with self._cell_lock(path) as held:  # the record, like a method cell's, is written by one process only
+            if not held:
+                self.log(f"{tag} {stem}: written by another process, skipped")
+                return "busy"
+            if self._skip(path, chash):
+                self.log(f"{tag} {stem}: done before, skipped")
+                return "skipped"
+            if test is None:
+                test = evaluate_model(teacher.model, ds, "test",
+                                      mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
+            record = self._record(ds, tcfg, chash, t_info, test, manifest, status="ok")
+            record["teacher_cache"] = {"key": t_info["key"], "hit": cached}
+            self._write(path, record, test, ds)
         self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f}"
                  f" ({'cached' if cached else 'trained'})")
         return "ok"

@@ -91,7 +91,10 @@ def set_aside(path: Path) -> Path | None:
     dest_dir = path.parent / "superseded"
     dest_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
-    dest = dest_dir / f"{path.stem}.{stamp}.json"
+    dest, n = dest_dir / f"{path.stem}.{stamp}.json", 0
+    while dest.exists() or dest.with_suffix(".npz").exists():  # twice in one second: never overwrite a kept one
+        n += 1
+        dest = dest_dir / f"{path.stem}.{stamp}-{n}.json"
     npz = path.with_suffix(".npz")
     if npz.exists():
         os.replace(npz, dest.with_suffix(".npz"))

@@ -324,7 +324,7 @@ def test_fit_runs_with_the_harness(tiny, method):
     assert res.epochs == 2 and set(res.history[0]["losses"]) == {"base", "kd_rank"}
 
 
-def test_pair_scores_equal_the_gathered_dot_products():
+def test_pair_scores_equal_the_gathered_dot_products_with_gradients():
     """The SDDMM used for teacher scores returns ⟨u, i⟩ per listed pair, in list order, duplicates included."""
     from kdbench.scoring import pair_scores
     g = torch.Generator().manual_seed(0)
@@ -334,3 +334,13 @@ def test_pair_scores_equal_the_gathered_dot_products():
     expect = (u[users][:, None, :] * it[items]).sum(-1)
     torch.testing.assert_close(pair_scores(u, it, users, items), expect)
     assert pair_scores(u, it, users[:0], items[:0]).shape == (0, 3)
+    u.requires_grad_(True)
+    it.requires_grad_(True)
+    long = torch.randint(30, (4, 40), generator=g)      # more entries per row than items: the gather path
+    for lists in (items, long):
+        got = pair_scores(u, it, users, lists)
+        ref = (u[users][:, None, :] * it[lists]).sum(-1)
+        torch.testing.assert_close(got, ref)
+        wl = torch.randn(lists.shape, generator=g)
+        for a, b in zip(torch.autograd.grad((got * wl).sum(), (u, it)), torch.autograd.grad((ref * wl).sum(), (u, it))):
+            torch.testing.assert_close(a, b)

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbones.base import batch_scores
 from ..evaluate import full_rank_topk
+from ..scoring import pair_scores
 from ._ranking import min_free_items, rank_log_weights, sample_distinct, sample_ranks, seeded_generator
 from .base import Distiller, DistillerConfig, register_distiller
 
@@ -99,7 +99,7 @@ class CD(Distiller):
         users = torch.unique(out.users)
         items = self.samples[users]
         s_user, s_item = out.all_repr()
-        p = torch.sigmoid(batch_scores(s_user[users], s_item[items]))              # [B, n_distill]
+        p = torch.sigmoid(pair_scores(s_user, s_item, users, items))              # [B, n_distill]
         with torch.no_grad():
             y = torch.sigmoid((self.teacher.scores(users, items) + self.cfg.t2) / self.cfg.t1)
         loss = -(y * torch.log(p + 1e-10) + (1 - y) * torch.log(1 - p + 1e-10)).sum()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones.base import batch_scores
 from ..evaluate import full_rank_topk
+from ..scoring import pair_scores
 from .base import Distiller, DistillerConfig, register_distiller
 
 
@@ -69,7 +69,7 @@ class KD(Distiller):
         users = torch.unique(out.users)
         cand = self.candidates[users]
         s_user, s_item = out.all_repr()
-        s = batch_scores(s_user[users], s_item[cand]) / self.cfg.tau
+        s = pair_scores(s_user, s_item, users, cand) / self.cfg.tau
         t = self.t_scores[users] / self.cfg.tau
         loss = -(F.softmax(t, -1) * F.log_softmax(s, -1)).sum()
         return {"kd_rank": loss * (self.cfg.tau ** 2 if self.cfg.tau_squared else 1.0)}

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones.base import batch_scores
 from ..sampling import PairMembership, sample_excluding
+from ..scoring import pair_scores
 from ._ranking import min_free_items, seeded_generator
 from .base import Distiller, DistillerConfig, register_distiller
 
@@ -88,9 +88,8 @@ class RD(Distiller):
     def loss(self, out):
         users = torch.unique(out.users)
         s_user, s_item = out.all_repr()
-        u = s_user[users]
-        s_top = batch_scores(u, s_item[self.topk[users]])                           # [B, K]
+        s_top = pair_scores(s_user, s_item, users, self.topk[users])                           # [B, K]
         with torch.no_grad():
-            s_dyn = batch_scores(u, s_item[self.dynamic[users]]) if self.dynamic_on else None
+            s_dyn = pair_scores(s_user, s_item, users, self.dynamic[users]) if self.dynamic_on else None
             w = self.weights(s_top.detach(), s_dyn)
         return {"kd_rank": -(w * F.logsigmoid(s_top)).sum()}

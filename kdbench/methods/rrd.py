@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbones.base import batch_scores
 from ..sampling import PairMembership
+from ..scoring import pair_scores
 from ._ranking import (min_free_items, rank_log_weights, relaxed_ranking_loss, sample_ranks, sample_uniform_distinct,
                        seeded_generator)
 from .base import Distiller, DistillerConfig, register_distiller, register_variant
@@ -98,7 +98,7 @@ class RRD(Distiller):
         users = torch.unique(out.users)
         items = torch.cat([self.interesting[users], self.uninteresting[users]], 1)
         s_user, s_item = out.all_repr()
-        s = batch_scores(s_user[users], s_item[items])                              # [B, K + L]
+        s = pair_scores(s_user, s_item, users, items)                              # [B, K + L]
         return {"kd_rank": relaxed_ranking_loss(s[:, :self.k], s[:, self.k:])}
 
 
