@@ -180,3 +180,23 @@ def test_a_locked_cell_is_left_to_the_process_holding_it(tmp_path, tiny_folder, 
     assert (out / "cells" / "tinyds__bprmf__student__seed0.json").exists()
     assert not (out / "cells" / "tinyds__bprmf__fitnet__seed0.json").exists()
     assert "1 running elsewhere" in capsys.readouterr().err
+
+
+def test_cpu_profile_caps_the_teacher_and_the_epochs_and_says_so():
+    from kdbench.config import CPU_TEACHER_DIM, PROFILE_NOTES, resolve_cell
+    paper = resolve_cell("citeulike", "lightgcn", "kd", 0, "paper", {})
+    cpu = resolve_cell("citeulike", "lightgcn", "kd", 0, "cpu", {})
+    assert paper["teacher"]["dim"] == 2000 and cpu["teacher"]["dim"] == CPU_TEACHER_DIM == 200
+    assert cpu["train"]["max_epochs"] == 300 and cpu["train"]["patience"] == paper["train"]["patience"] == 30
+    assert {k: v for k, v in cpu["student"].items()} == paper["student"]    # students as the spec says
+    # a smaller spec teacher stays as it is; an explicit override still wins
+    assert resolve_cell("synthetic", "bprmf", "kd", 0, "cpu", {})["teacher"]["dim"] == 200
+    assert resolve_cell("citeulike", "bprmf", "kd", 0, "cpu", {"teacher.dim": 64})["teacher"]["dim"] == 64
+    assert "200" in PROFILE_NOTES["cpu"] and "300" in PROFILE_NOTES["cpu"]
+
+
+def test_records_name_their_protocol(run_dir):
+    from kdbench.config import PROFILE_NOTES
+    for path in (run_dir / "cells").glob("*.json"):
+        rec = json.loads(path.read_text())
+        assert rec["protocol"] == PROFILE_NOTES[rec["profile"]]
