@@ -83,3 +83,14 @@ def test_symmetric_spmm_gradient(graph):
     g, = torch.autograd.grad(symmetric_spmm(at, x).pow(2).sum(), x)
     dense = torch.tensor(a.toarray())
     torch.testing.assert_close(g, 2 * dense @ (dense @ x.detach()), atol=1e-5, rtol=1e-5)
+
+
+def test_cosine_distance_equals_the_normalize_form_with_gradients():
+    from kdbench.methods.freqd import cosine_distance
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g, requires_grad=True)
+    t = torch.nn.functional.normalize(torch.randn(7, 5, generator=g), dim=-1)
+    a = cosine_distance(x, t)
+    b = 1 - (torch.nn.functional.normalize(x, dim=-1) * t).sum(-1)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(torch.autograd.grad(a.sum(), x)[0], torch.autograd.grad(b.sum(), x)[0])

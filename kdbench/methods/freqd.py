@@ -95,9 +95,15 @@ class FreqD(Distiller):
             else x[nodes]
         t = self.t_filtered[nodes]
         nu, npos = len(users), len(pos)
-        proj = torch.cat([self.proj_user(s[:nu]), self.proj_item(s[nu:])])
-        ell = 1 - (F.normalize(proj, dim=-1) * t).sum(-1)
-        return {"kd_feat": template_sum(ell[:nu], ell[nu:nu + npos], ell[nu + npos:])}
+        ell_u = cosine_distance(self.proj_user(s[:nu]), t[:nu])
+        ell_i = cosine_distance(self.proj_item(s[nu:]), t[nu:])
+        return {"kd_feat": template_sum(ell_u, ell_i[:npos], ell_i[npos:])}
+
+
+def cosine_distance(x: torch.Tensor, t_unit: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise 1 − cos(x, t) for rows t of unit norm: 1 − ⟨x, t⟩ / max(‖x‖, eps), the value of
+    ``1 − (F.normalize(x) * t).sum(-1)`` without materialising (and differentiating) the normalised x."""
+    return 1 - (x * t_unit).sum(-1) / torch.linalg.vector_norm(x, dim=-1).clamp_min(eps)
 
 
 register_variant(FreqD, "nofilter", "FreqD with alpha = 0: the same projector and cosine loss, no graph filter",
