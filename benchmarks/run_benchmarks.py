@@ -3,6 +3,7 @@
     python benchmarks/run_benchmarks.py eval      # full ranking, Gowalla-sized, vs matmul+topk floor
     python benchmarks/run_benchmarks.py epochs    # epoch times: Gowalla students/teacher, CiteULike methods
     python benchmarks/run_benchmarks.py all
+    python benchmarks/run_benchmarks.py epochs --methods all --no-gowalla --cells citeulike/bprmf,citeulike/lightgcn
 
 Each method's epoch is timed in its own subprocess so that its peak RSS is its own. FLOPs per epoch are counted
 from the shapes of the dense products a method adds (projectors, candidate scores, per-epoch rankings; the
@@ -83,6 +84,10 @@ def count_entities(ds, batch_size: int, seed: int = 0) -> dict:
 
 def method_flops(method: str, ds, ent: dict, d_s: int, d_t: int, params: dict) -> float:
     """Dense FLOPs per epoch that the method adds to the student (forward + backward ≈ 3× forward)."""
+    if "+" in method:  # a composite: its parts' FLOPs, each with its own (prefixed) hyperparameters
+        parts = method.split("+")
+        return sum(method_flops(p, ds, ent, d_s, d_t, {k[len(p) + 1:]: v for k, v in params.items()
+                                                        if k.startswith(p.replace(".", "_") + "_")}) for p in parts)
     n_e = ent["users"] + ent["pos"] + ent["neg"]
     steps = ent["steps"]
     if method == "fitnet":
@@ -115,7 +120,8 @@ def method_flops(method: str, ds, ent: dict, d_s: int, d_t: int, params: dict) -
     return 0.0
 
 
-def one_epoch_run(dataset: str, backbone: str, method: str, role: str, epochs: int, set_: list[str]) -> dict:
+def one_epoch_run(dataset: str, backbone: str, method: str, role: str, epochs: int, profile: str,
+                  set_: list[str]) -> dict:
     """Time ``epochs`` epochs of one method (no evaluation); runs inside its own process."""
     from kdbench.backbones import BACKBONES
     from kdbench.config import parse_set, resolve_cell
@@ -125,7 +131,7 @@ def one_epoch_run(dataset: str, backbone: str, method: str, role: str, epochs: i
     from kdbench.train import RoleConfig, TrainConfig, fit, peak_rss_mb
 
     ds = load_dataset(dataset, DATA)
-    cfg = resolve_cell(dataset, backbone, method, 0, "paper", parse_set(set_))
+    cfg = resolve_cell(dataset, backbone, method, 0, profile, parse_set(set_))
     bb = BACKBONES.get(backbone)
     rss_data = peak_rss_mb()
     train = TrainConfig(max_epochs=epochs, patience=epochs, eval_every=10 ** 9)
@@ -150,8 +156,12 @@ def one_epoch_run(dataset: str, backbone: str, method: str, role: str, epochs: i
     return out
 
 
-def run_child(*args: str) -> dict:
-    res = subprocess.run([sys.executable, __file__, "_one", *args], capture_output=True, text=True)
+PROFILE = "paper"   # the settings (teacher size) the method timings use; --profile cpu for the grid's
+
+
+def run_child(dataset: str, backbone: str, method: str, role: str, epochs: str) -> dict:
+    res = subprocess.run([sys.executable, __file__, "_one", dataset, backbone, method, role, epochs, PROFILE],
+                         capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(res.stderr[-2000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -160,15 +170,20 @@ def run_child(*args: str) -> dict:
 FOUNDATION = ("student", "kd", "fitnet", "freqd", "freqd.nofilter")
 
 
-def bench_epochs(epochs: int, methods: tuple[str, ...] = FOUNDATION, gowalla: bool = True) -> dict:
-    out = {"gowalla": {}, "citeulike": {}}
+def bench_epochs(epochs: int, methods: tuple[str, ...] = FOUNDATION, gowalla: bool = True,
+                 cells: tuple[str, ...] = ("citeulike/bprmf",)) -> dict:
+    """Gowalla students and teacher (unless ``gowalla`` is False), then every method on every dataset/backbone of
+    ``cells``; each timing in its own process."""
+    out = {"gowalla": {}}
     if gowalla:
         for backbone, role in (("bprmf", "student"), ("lightgcn", "student"), ("bprmf", "teacher")):
             out["gowalla"][f"{backbone}/{role}"] = run_child("gowalla", backbone, "student", role, str(epochs))
-    for method in ("student", *[m for m in methods if m != "student"]):
-        out["citeulike"][method] = run_child("citeulike", "bprmf", method, "student", str(epochs))
-    if gowalla:
-        out["citeulike"]["teacher"] = run_child("citeulike", "bprmf", "student", "teacher", str(epochs))
+    for cell in cells:
+        dataset, backbone = cell.split("/")
+        out[cell] = {m: run_child(dataset, backbone, m, "student", str(epochs))
+                     for m in ("student", *[m for m in methods if m != "student"])}
+    if gowalla and "citeulike/bprmf" in out:
+        out["citeulike/bprmf"]["teacher"] = run_child("citeulike", "bprmf", "student", "teacher", str(epochs))
     return out
 
 
@@ -187,11 +202,11 @@ def report(results: dict, gflops: float) -> str:
             for name, r in runs.items():
                 fl = r.get("flops_per_epoch")
                 rate = fl / r["epoch_s"] / 1e9 if fl else None
-                ov = f"{r['epoch_s'] / base:.2f}" if base and ds == "citeulike" else ""
+                ov = f"{r['epoch_s'] / base:.2f}" if base and ds != "gowalla" and name != "teacher" else ""
                 lines.append(f"| {ds} | {name} | {r['epoch_s']:.3f} | {ov} | {r['precompute_s']:.2f} | "
                              f"{r['peak_rss_mb']:.0f} | {fl / 1e9 if fl else 0:.1f} | "
                              f"{rate or 0:.1f} | {100 * rate / gflops if rate else 0:.0f}% |")
-        c = results["epochs"]["citeulike"]
+        c = results["epochs"].get("citeulike/bprmf", {})
         if "freqd.nofilter" not in c or "teacher" not in c:
             return "\n".join(lines)
         lines += ["", f"freqd / freqd.nofilter epoch ratio: {c['freqd']['epoch_s'] / c['freqd.nofilter']['epoch_s']:.2f}"
@@ -204,8 +219,8 @@ def report(results: dict, gflops: float) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_one":
-        dataset, backbone, method, role, epochs, *set_ = sys.argv[2:]
-        print(json.dumps(one_epoch_run(dataset, backbone, method, role, int(epochs), set_)))
+        dataset, backbone, method, role, epochs, profile, *set_ = sys.argv[2:]
+        print(json.dumps(one_epoch_run(dataset, backbone, method, role, int(epochs), profile, set_)))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["eval", "epochs", "all"])
@@ -213,15 +228,23 @@ def main() -> None:
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--methods", default=",".join(FOUNDATION),
                    help="CiteULike methods to time (comma list; 'baselines' = rd,cd,rrd,de,ftd,htd)")
-    p.add_argument("--no-gowalla", action="store_true", help="skip the Gowalla epochs and the teachers")
+    p.add_argument("--no-gowalla", action="store_true", help="skip the Gowalla student/teacher epochs")
+    p.add_argument("--cells", default="citeulike/bprmf",
+                   help="dataset/backbone pairs to time the methods on, e.g. citeulike/bprmf,gowalla/lightgcn")
+    p.add_argument("--profile", default="paper", help="settings of the timed runs (paper: the spec's teacher "
+                   "sizes; cpu: teachers of at most 200-d, as in the committed grid)")
     args = p.parse_args()
-    results = {}
+    global PROFILE
+    PROFILE = args.profile
+    results = {"profile": args.profile}
     gflops = matmul_gflops()
     if args.what in ("eval", "all"):
         results["eval"] = bench_eval()
     if args.what in ("epochs", "all"):
-        methods = "rd,cd,rrd,de,ftd,htd" if args.methods == "baselines" else args.methods
-        results["epochs"] = bench_epochs(args.epochs, tuple(methods.split(",")), not args.no_gowalla)
+        methods = {"baselines": "rd,cd,rrd,de,ftd,htd", "all": "kd,fitnet,freqd,freqd.nofilter,rd,cd,rrd,de,ftd,htd,de+rrd"
+                   }.get(args.methods, args.methods)
+        results["epochs"] = bench_epochs(args.epochs, tuple(methods.split(",")), not args.no_gowalla,
+                                         tuple(args.cells.split(",")))
     results["matmul_gflops"] = gflops
     print(report(results, gflops))
     if args.json:
