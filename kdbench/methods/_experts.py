@@ -24,10 +24,16 @@ a top-1 path for one-hot z would need grouped GEMMs or a host sync for group siz
 """
 from __future__ import annotations
 
+import logging
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from .base import Distiller
+
+log = logging.getLogger(__name__)
 
 
 def expert_hidden(d_s: int, d_t: int, override: int = 0) -> int:
@@ -135,3 +141,26 @@ class GumbelExperts(nn.Module):
     def assign(self, side: str, t: torch.Tensor) -> torch.Tensor:
         """Hard selection argmax gate(t) (HTD's groups)."""
         return self._side(side)[1](t).argmax(1)
+
+
+class GumbelExpertDistiller(Distiller):
+    """Base of the distillers that train Gumbel-selected experts (DE, HTD): builds the per-side experts from the
+    config (``expert_count_field``, ``expert_hidden``, ``T0``, ``T_end``, ``anneal_epochs``), seeds their noise
+    before training and anneals the temperature at each epoch."""
+
+    expert_count_field: ClassVar[str] = "num_experts"
+
+    def __init__(self, teacher, student, data, cfg):
+        super().__init__(teacher, student, data, cfg)
+        n = getattr(cfg, self.expert_count_field)
+        if n < 1:
+            raise ValueError(f"{self.name} {self.expert_count_field} must be >= 1, not {n}")
+        h = expert_hidden(student.dim, teacher.dim, cfg.expert_hidden)
+        self.experts = GumbelExperts(n, student.dim, teacher.dim, h, cfg.T0, cfg.T_end, cfg.anneal_epochs)
+
+    def precompute(self):
+        self.experts.start(self.teacher.user_repr.device)
+
+    def on_epoch_start(self, epoch):
+        self.experts.set_epoch(epoch)
+        log.debug("%s epoch %d: Gumbel temperature %.3g", self.name, epoch, self.experts.temperature)

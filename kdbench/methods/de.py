@@ -24,16 +24,13 @@ and gates are discarded at inference.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from ._common import batch_entities, student_features, template_sum
-from ._experts import GumbelExperts, expert_hidden
-from .base import Distiller, DistillerConfig, register_distiller
-
-log = logging.getLogger(__name__)
+from ._experts import GumbelExpertDistiller
+from .base import DistillerConfig, register_distiller
 
 
 @dataclass(frozen=True)
@@ -49,26 +46,11 @@ class DEConfig(DistillerConfig):
 
 
 @register_distiller("de")
-class DE(Distiller):
+class DE(GumbelExpertDistiller):
     description = "distillation experts: Gumbel-selected MLP experts (gate on the teacher) regress the teacher repr"
     Config = DEConfig
     backbone_defaults = {"lightgcn": {"num_experts": 20, "weight": 0.005},
                          "simplex": {"num_experts": 10, "weight": 1.0, "kd_all_negatives": False}}
-
-    def __init__(self, teacher, student, data, cfg):
-        super().__init__(teacher, student, data, cfg)
-        if cfg.num_experts < 1:
-            raise ValueError(f"de num_experts must be >= 1, not {cfg.num_experts}")
-        h = expert_hidden(student.dim, teacher.dim, cfg.expert_hidden)
-        self.experts = GumbelExperts(cfg.num_experts, student.dim, teacher.dim, h, cfg.T0, cfg.T_end,
-                                     cfg.anneal_epochs)
-
-    def precompute(self):
-        self.experts.start(self.teacher.user_repr.device)
-
-    def on_epoch_start(self, epoch):
-        self.experts.set_epoch(epoch)
-        log.debug("de epoch %d: Gumbel temperature %.3g", epoch, self.experts.temperature)
 
     def loss(self, out):
         s_user, s_item = student_features(self.student, out, self.cfg.feature_source)

@@ -36,18 +36,16 @@ negative column (spec §4.0 cap). Experts and assignment nets are discarded at i
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ._common import student_features
-from ._experts import GumbelExperts, expert_hidden
-from .base import Distiller, DistillerConfig, register_distiller
+from ._experts import GumbelExpertDistiller
+from .base import DistillerConfig, register_distiller
 from .ftd import cosine_matrix, topology_entities
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,28 +70,20 @@ _CHOICES = {"group_level": ("second", "first", "none"), "htd_mask": ("parity", "
 
 
 @register_distiller("htd")
-class HTD(Distiller):
+class HTD(GumbelExpertDistiller):
     description = "hierarchical topology distillation: within-group entity and group-entity cosine relations"
     Config = HTDConfig
     backbone_defaults = {"simplex": {"kd_all_negatives": False}}
 
+    expert_count_field = "num_groups"
+
     def __init__(self, teacher, student, data, cfg):
-        super().__init__(teacher, student, data, cfg)
         for key, allowed in _CHOICES.items():
             if getattr(cfg, key) not in allowed:
                 raise ValueError(f"htd {key} must be one of {allowed}, not {getattr(cfg, key)!r}")
-        if cfg.num_groups < 1 or not 0.0 <= cfg.alpha <= 1.0:
-            raise ValueError(f"htd needs num_groups >= 1 and 0 <= alpha <= 1 (got {cfg.num_groups}, {cfg.alpha})")
-        h = expert_hidden(student.dim, teacher.dim, cfg.expert_hidden)
-        self.experts = GumbelExperts(cfg.num_groups, student.dim, teacher.dim, h, cfg.T0, cfg.T_end,
-                                     cfg.anneal_epochs)
-
-    def precompute(self):
-        self.experts.start(self.teacher.user_repr.device)
-
-    def on_epoch_start(self, epoch):
-        self.experts.set_epoch(epoch)
-        log.debug("htd epoch %d: Gumbel temperature %.3g", epoch, self.experts.temperature)
+        if not 0.0 <= cfg.alpha <= 1.0:
+            raise ValueError(f"htd needs 0 <= alpha <= 1, not {cfg.alpha}")
+        super().__init__(teacher, student, data, cfg)
 
     def ga_loss(self, side: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Σ_a ‖t_a − Σ_k z̃_{a,k} f_k(s_a)‖² (trains the group experts f and the assignment net v)."""
