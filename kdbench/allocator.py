@@ -29,3 +29,24 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <<
     except (OSError, AttributeError):  # not glibc
         _done = False
     return _done
+
+
+def reset_peak_memory() -> None:
+    """Start a fresh peak-RSS (VmHWM) measurement, so that a worker process reused across grid cells reports each
+    cell's own peak: freed heap pages go back to the OS (glibc ``malloc_trim``, which ``keep_freed_memory`` would
+    otherwise keep) and the kernel's high-water mark is reset to the current RSS (``clear_refs`` 5, Linux ≥ 4.0).
+    Elsewhere this does nothing."""
+    import gc
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass

@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .backbones import BACKBONES
+from .allocator import reset_peak_memory
 from .config import PROFILE_NOTES, check_overrides, resolve_cell, resolve_data
 from .datasets import Dataset, load_dataset
 from .evaluate import EvalResult, evaluate_model
@@ -278,6 +279,7 @@ class GridRunner:
 
     def _train_teacher(self, ds: Dataset, cfg: dict, model, key: str, spec: dict, tag: str, stem: str):
         self.log(f"{tag} {stem}: training teacher (d={cfg['teacher']['dim']}) ...")
+        reset_peak_memory()
         started = _now()
         res = fit(model, ds, _role(cfg["teacher"]), _train_cfg(cfg), cfg["seed"], progress=self.progress,
                   desc=f"teacher {ds.name}/{cfg['backbone']}")
@@ -330,6 +332,7 @@ class GridRunner:
             cls = DISTILLERS.get(method)
             if teacher is None and cls.needs_teacher:
                 raise RuntimeError(t_info.get("error", "no teacher"))
+            reset_peak_memory()  # peak_rss_mb is this cell's, even in a worker that ran other cells before
             student = _build(ds, cfg["backbone"], cfg["student"], cfg["seed"], self.device)
             distiller = cls(teacher, student, ds, cls.Config(**cfg["method"]["params"])).to(self.device)
             self.log(f"{tag} {stem}: training ...")

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +220,20 @@ def test_a_teacher_record_is_written_once_when_two_runs_reach_it_together(tmp_pa
     assert b.execute(task) == (task.stem, "ok")
     assert seen["a"] in ("busy", "skipped")
     assert not (out / "cells" / "superseded").exists()
+
+
+def test_peak_memory_is_reset_between_cells():
+    """A worker reused across cells must report each cell's own peak RSS."""
+    import numpy as np
+
+    from kdbench.allocator import reset_peak_memory
+    from kdbench.train import peak_rss_mb
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs")
+    big = np.ones(400 * 2**20 // 8)       # ~400 MB touched
+    big += 1
+    del big
+    before = peak_rss_mb()
+    reset_peak_memory()
+    assert peak_rss_mb() < before - 300
