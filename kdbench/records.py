@@ -28,11 +28,21 @@ def cell_stem(dataset: str, backbone: str, method: str, seed: int) -> str:
     return f"{safe(dataset)}__{safe(backbone)}__{safe(method)}__seed{seed}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(fh)`` on a temp file next to ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make shared result folders unreadable to others
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
