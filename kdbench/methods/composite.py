@@ -74,4 +74,6 @@ def compose(name: str) -> type[Distiller] | None:
 
 
 DISTILLERS.factory = compose
-DISTILLERS.get("de+rrd")  # listed by name: the DE-RRD paper's combined method
+# listed by name (the DE-RRD paper's combined method); registered directly, since a lookup of an unknown name would
+# load entry-point plugins while kdbench itself is still being imported
+DISTILLERS.register("de+rrd")(compose("de+rrd"))
