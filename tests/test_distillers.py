@@ -87,3 +87,29 @@ def test_list_distillers_pattern():
 def test_variant_defaults():
     assert DISTILLERS.get("freqd.nofilter").default_params("bprmf")["alpha"] == 0.0
     assert DISTILLERS.get("kd").default_params("lightgcn")["tau"] == 10.0
+
+
+@pytest.mark.parametrize("teacher_std", [None, 1.0])
+def test_fitnet_closed_form_equals_the_projected_mse_with_gradients(tiny, teacher_std):
+    """FitNet's linear-MSE closed form must give the value and gradients of Σ w_e ‖W s_e − t_e‖² computed
+    directly (which the mlp/cos path still uses)."""
+    from helpers import make_batch, make_distiller
+    from kdbench.methods._common import batch_entities, template_sum
+
+    teacher, student, d = make_distiller(tiny, "bprmf", "fitnet", teacher_std=teacher_std)
+    d.precompute()
+    out = student(*make_batch(tiny, student))
+    fast = d.loss(out)["kd_feat"]
+    users, pos, neg = batch_entities(out)
+    su, si = out.all_repr()
+    tu, ti = teacher.repr()
+
+    def ell(proj, s, t):
+        return ((proj(s) - t) ** 2).sum(-1)
+
+    direct = template_sum(ell(d.proj_user, su[users], tu[users]), ell(d.proj_item, si[pos], ti[pos]),
+                          ell(d.proj_item, si[neg], ti[neg]))
+    torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-4)
+    params = [student.user_emb.weight, student.item_emb.weight, d.proj_user.weight, d.proj_item.weight]
+    for a, b in zip(torch.autograd.grad(fast, params, retain_graph=True), torch.autograd.grad(direct, params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from ._common import batch_entities, make_projector, student_features, template_sum
@@ -38,10 +39,22 @@ class FitNet(Distiller):
         self.proj_user = make_projector(cfg.projector, student.dim, teacher.dim)
         self.proj_item = make_projector(cfg.projector, student.dim, teacher.dim)
 
+    def precompute(self):
+        t_user, t_item = self.teacher.repr(self.cfg.feature_source)
+        self.t_sq = (t_user.pow(2).sum(-1), t_item.pow(2).sum(-1))   # ‖t_e‖², constant: the closed form's last term
+
     def loss(self, out):
         s_user, s_item = student_features(self.student, out, self.cfg.feature_source)
         t_user, t_item = self.teacher.repr(self.cfg.feature_source)
         users, pos, neg = batch_entities(out, self.cfg.kd_all_negatives)
+        if self.cfg.projector == "linear" and self.cfg.loss == "mse":
+            # the template's weights: users 1, positives and negatives ½ (an item in both counts twice)
+            items = torch.cat([pos, neg])
+            w_items = torch.full((len(items),), 0.5, device=items.device)
+            return {"kd_feat": linear_mse_sum(self.proj_user.weight, s_user[users], t_user[users],
+                                              self.t_sq[0][users], torch.ones(len(users), device=users.device))
+                    + linear_mse_sum(self.proj_item.weight, s_item[items], t_item[items], self.t_sq[1][items],
+                                     w_items)}
 
         def ell(proj, s, t):
             p = proj(s)
@@ -50,3 +63,15 @@ class FitNet(Distiller):
         return {"kd_feat": template_sum(ell(self.proj_user, s_user[users], t_user[users]),
                                        ell(self.proj_item, s_item[pos], t_item[pos]),
                                        ell(self.proj_item, s_item[neg], t_item[neg]))}
+
+
+def linear_mse_sum(weight: torch.Tensor, s: torch.Tensor, t: torch.Tensor, t_sq: torch.Tensor, w: torch.Tensor
+                   ) -> torch.Tensor:
+    """Σ_e w_e ‖W s_e − t_e‖² for a bias-free linear map W [d_t, d_s], without forming the n × d_t projections:
+
+        ⟨WᵀW, Sᵀ D S⟩ − 2 ⟨W, Tᵀ D S⟩ + Σ_e w_e ‖t_e‖²,   D = diag(w),  ``t_sq`` = ‖t_e‖²,
+
+    i.e. d_s × d_s and d_t × d_s products in place of n × d_t ones and their element-wise passes (the same value
+    and gradients; the n × d_t work was most of FitNet's epoch on CPU)."""
+    sw = s * w[:, None]
+    return ((weight.t() @ weight) * (s.t() @ sw)).sum() - 2 * (weight * (t.t() @ sw)).sum() + (w * t_sq).sum()
