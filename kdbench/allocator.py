@@ -31,14 +31,19 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <<
     return _done
 
 
-def reset_peak_memory() -> None:
-    """Start a fresh peak-RSS (VmHWM) measurement, so that a worker process reused across grid cells reports each
+def reset_peak_memory(device=None) -> None:
+    """Start a fresh peak-memory measurement, so that a worker process reused across grid cells reports each
     cell's own peak: freed heap pages go back to the OS (glibc ``malloc_trim``, which ``keep_freed_memory`` would
-    otherwise keep) and the kernel's high-water mark is reset to the current RSS (``clear_refs`` 5, Linux ≥ 4.0).
-    Elsewhere this does nothing."""
+    otherwise keep) and the kernel's high-water mark is reset to the current RSS (``clear_refs`` 5, Linux ≥ 4.0);
+    the CUDA peak of ``device`` is reset too. What the process still holds (the loaded dataset and teacher) stays
+    in the peak, as it would in a fresh process. Elsewhere the RSS part does nothing."""
     import gc
 
     gc.collect()
+    if device is not None and getattr(device, "type", device) == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -127,7 +127,8 @@ def cmd_run(args) -> int:
     workers = pick("workers", 1)
     runner = GridRunner(pick("out", "kdbench-out"), pick("data_root", None), pick("cache_dir", None),
                         pick("device", "cpu"), progress=not args.quiet and sys.stderr.isatty() and workers == 1,
-                        quiet=args.quiet, rerun=args.rerun, imports=tuple(file_cfg.get("imports", []) + args.imports))
+                        quiet=args.quiet, rerun=args.rerun, imports=tuple(file_cfg.get("imports", []) + args.imports),
+                        check_device=pick("executor", "local") != "slurm")  # a login node may have no GPU
     if args.dry_run:
         from tabulate import tabulate
         rows = runner.dry_run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides)

@@ -160,7 +160,7 @@ def resolve_cell(dataset: str, backbone: str, method: str, seed: int, profile: s
     params = m_cls.default_params(backbone)
     bb_fields = _fields(bb_cls.Config)
     for key, value in overrides.items():
-        section, _, name = key.partition(".")
+        section, _, name = key.rpartition(".")   # method names may hold dots (freqd.nofilter), keys never do
         if section in ("teacher", "student"):
             if name in _fields(RoleConfig):
                 _apply(roles[section], RoleConfig, key, name, value)
@@ -194,7 +194,7 @@ def resolve_cell(dataset: str, backbone: str, method: str, seed: int, profile: s
 def check_overrides(overrides: dict[str, Any], backbones: list[str], methods: list[str]) -> None:
     """Keys that would apply to no cell of the run are errors (a typo must not be silently ignored)."""
     for key in overrides:
-        section, _, name = key.partition(".")
+        section, _, name = key.rpartition(".")
         if section == "backbone" and not any(name in _fields(BACKBONES.get(b).Config) for b in backbones):
             raise ConfigError(f"unknown key {key!r}: no backbone of this run ({', '.join(backbones)}) has {name!r}")
         if section not in ("teacher", "student") and section in DISTILLERS and section not in methods:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -25,10 +27,25 @@ class ExecutorError(RuntimeError):
 
 
 _RUNNER: dict[RunnerSettings, GridRunner] = {}
+# one cell at a time per process: a multi-threaded dask worker would otherwise share the runner, the global RNG
+# that seeds initialisation, and torch's thread setting between cells
+_ONE_AT_A_TIME = threading.Lock()
 
 
 def run_task(settings: RunnerSettings, tag: str, task: CellTask, threads: int | None = None) -> tuple[str, str]:
-    """Run one cell in this process (a worker's entry point); returns (cell stem, outcome)."""
+    """Run one cell in this process (a worker's entry point); returns (cell stem, outcome). Never raises: an
+    error outside the cell's own handling (loading the dataset, writing a record) is this cell's failure, not
+    the end of the whole parallel map."""
+    with _ONE_AT_A_TIME:
+        try:
+            return _run_task(settings, tag, task, threads)
+        except Exception as exc:
+            print(f"{tag} {task.stem}: FAILED outside the cell: {type(exc).__name__}: {exc}", file=sys.stderr,
+                  flush=True)
+            return task.stem, "failed"
+
+
+def _run_task(settings: RunnerSettings, tag: str, task: CellTask, threads: int | None) -> tuple[str, str]:
     if threads:
         torch.set_num_threads(threads)
     if settings not in _RUNNER:  # one runner per worker process: its dataset and teacher stay loaded

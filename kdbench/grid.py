@@ -6,6 +6,8 @@ as ``failed`` and the grid goes on.
 """
 from __future__ import annotations
 
+import json
+import os
 import random
 from contextlib import contextmanager
 import sys
@@ -103,15 +105,18 @@ class RunnerSettings:
 
 class GridRunner:
     def __init__(self, out: str | Path, data_root=None, cache_dir=None, device: str = "cpu",
-                 progress: bool = False, quiet: bool = False, rerun: bool = False, imports: tuple = ()):
-        self.settings = RunnerSettings(str(out), None if data_root is None else str(data_root),
-                                       None if cache_dir is None else str(cache_dir), device, rerun, quiet,
-                                       tuple(imports))
+                 progress: bool = False, quiet: bool = False, rerun: bool = False, imports: tuple = (),
+                 check_device: bool = True):
         self.out = Path(out)
-        self.data_root = data_root
+        self.data_root = data_root or os.environ.get("KDBENCH_DATA")
         self.cache = TeacherCache(cache_dir)
+        # what a worker elsewhere needs, resolved here: absolute paths, no environment of its own
+        self.settings = RunnerSettings(
+            str(self.out.resolve()), str(Path(self.data_root).resolve()) if self.data_root else None,
+            str(self.cache.root.resolve()), device, rerun, quiet,
+            tuple(str(Path(m).resolve()) if m.endswith(".py") or os.sep in m else m for m in imports))
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
+        if check_device and self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
         self.progress = progress
         self.log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -119,6 +124,7 @@ class GridRunner:
         git_commit()  # read once now: the code that runs is the code at start, whatever is committed meanwhile
         self._datasets: dict[tuple, Dataset] = {}
         self._teachers: dict[str, tuple] = {}
+        self._failed_teachers: dict[str, str] = {}   # key → error: a teacher that failed is not retried per cell
 
     # -- planning -------------------------------------------------------------------------------------------
     def plan(self, datasets, backbones, methods, seeds, profile, overrides) -> list[tuple[str, Dataset, dict]]:
@@ -202,19 +208,9 @@ class GridRunner:
     def execute(self, task: CellTask, tag: str = "") -> tuple[str, str]:
         """Run one task here; returns (cell stem, outcome) with outcome one of ok/skipped/failed/busy."""
         ds = self.dataset(task.dataset, task.data_overrides)
-        cfg = task.config
         if task.kind == "teacher":
-            stem = cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])
-            try:
-                return stem, self._teacher_cell(ds, cfg, tag)
-            except Exception as exc:
-                self.log(f"{tag} {stem}: FAILED {type(exc).__name__}: {exc}")
-                return stem, "failed"
-        try:
-            teacher, t_info = self.teacher(ds, cfg, tag)
-        except Exception as exc:  # the cell's record says why it could not run
-            teacher, t_info = None, {"error": f"teacher failed: {type(exc).__name__}: {exc}"}
-        return self._method_cell(ds, cfg, teacher, t_info, tag)
+            return task.stem, self._teacher_cell(ds, task.config, tag)
+        return self._method_cell(ds, task.config, tag)
 
     def _skip(self, path: Path, chash: str) -> bool:
         rec = read_record(path)
@@ -236,30 +232,61 @@ class GridRunner:
         trained (under a lock, so a concurrent process waits and then loads what this one saved)."""
         spec = teacher_spec(cfg, ds, self.device)
         key = self.cache.key(spec)
+        if key in self._failed_teachers:
+            raise RuntimeError(self._failed_teachers[key])
         if key not in self._teachers:
             model = _build(ds, cfg["backbone"], cfg["teacher"], cfg["seed"], self.device)
-            locks = self.out / "locks"
+            locks = self.cache.root / "locks"  # beside the cache, which several output directories may share
             locks.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(locks / f"teacher-{key[:16]}.lock")):
+            with FileLock(str(locks / f"{key}.lock")):
                 manifest, test = self.cache.load(key, model), None
                 cached = manifest is not None
                 if not cached:
                     stem = cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])
-                    manifest, test = self._train_teacher(ds, cfg, model, key, spec, tag, stem)
+                    try:
+                        manifest, test = self._train_teacher(ds, cfg, model, key, spec, tag, stem)
+                    except Exception as exc:
+                        self._failed_teachers[key] = f"teacher failed: {type(exc).__name__}: {exc}"
+                        raise
             t_info = {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
                       "best_epoch": manifest["best_epoch"]}
             self._teachers = {key: (Teacher(model, ds), t_info, manifest, test, cached)}  # one at a time: memory
         teacher, t_info, *_ = self._teachers[key]
         return teacher, t_info
 
+    def teacher_info(self, ds: Dataset, cfg: dict) -> dict:
+        """The teacher's info for a record that does not use the teacher (``student``): from the cache's manifest
+        when it is there, never trained for it."""
+        key = self.cache.key(teacher_spec(cfg, ds, self.device))
+        try:
+            manifest = json.loads((self.cache.path(key) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return {"key": key}
+        return {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
+                "best_epoch": manifest["best_epoch"]}
+
     def _teacher_cell(self, ds: Dataset, cfg: dict, tag: str) -> str:
-        teacher, t_info = self.teacher(ds, cfg, tag)
-        _, _, manifest, test, cached = self._teachers[t_info["key"]]
         tcfg = {**{k: cfg[k] for k in ("dataset", "data", "backbone", "teacher", "train", "eval", "seed")},
                 "method": {"name": "teacher", "params": {}}}
         stem = cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])
         path = self.out / "cells" / f"{stem}.json"
         chash = config_hash(tcfg, ds)
+        if self._skip(path, chash):  # before loading anything: resuming a finished grid trains nothing
+            self.log(f"{tag} {stem}: done before, skipped")
+            return "skipped"
+        started = _now()
+        try:
+            teacher, t_info = self.teacher(ds, cfg, tag)
+        except Exception as exc:
+            with self._cell_lock(path) as held:
+                if held:
+                    record = self._record(ds, tcfg, chash, {}, None, None, status="failed")
+                    record.update(error=f"{type(exc).__name__}: {exc}", started_at=started,
+                                  traceback=traceback.format_exc(limit=8).splitlines()[-12:])
+                    self._write(path, record, None, ds)
+            self.log(f"{tag} {stem}: FAILED {type(exc).__name__}: {exc}")
+            return "failed"
+        _, _, manifest, test, cached = self._teachers[t_info["key"]]
         with self._cell_lock(path) as held:  # the record, like a method cell's, is written by one process only
             if not held:
                 self.log(f"{tag} {stem}: written by another process, skipped")
@@ -279,7 +306,7 @@ class GridRunner:
 
     def _train_teacher(self, ds: Dataset, cfg: dict, model, key: str, spec: dict, tag: str, stem: str):
         self.log(f"{tag} {stem}: training teacher (d={cfg['teacher']['dim']}) ...")
-        reset_peak_memory()
+        reset_peak_memory(self.device)
         started = _now()
         res = fit(model, ds, _role(cfg["teacher"]), _train_cfg(cfg), cfg["seed"], progress=self.progress,
                   desc=f"teacher {ds.name}/{cfg['backbone']}")
@@ -291,7 +318,7 @@ class GridRunner:
         self.cache.save(key, model, manifest)
         return manifest, test
 
-    def _method_cell(self, ds: Dataset, cfg: dict, teacher: Teacher | None, t_info: dict, tag: str) -> str:
+    def _method_cell(self, ds: Dataset, cfg: dict, tag: str) -> tuple[str, str]:
         method = cfg["method"]["name"]
         stem = cell_stem(ds.name, cfg["backbone"], method, cfg["seed"])
         path = self.out / "cells" / f"{stem}.json"
@@ -306,6 +333,13 @@ class GridRunner:
             if self._skip(path, chash):  # the other process finished it while we waited for the lock
                 self.log(f"{tag} {stem}: done before, skipped")
                 return stem, "skipped"
+            if DISTILLERS.get(method).needs_teacher:
+                try:
+                    teacher, t_info = self.teacher(ds, cfg, tag)
+                except Exception as exc:  # the cell's record says why it could not run
+                    teacher, t_info = None, {"error": f"teacher failed: {type(exc).__name__}: {exc}"}
+            else:
+                teacher, t_info = None, self.teacher_info(ds, cfg)
             return stem, self._train_cell(ds, cfg, teacher, t_info, tag, stem, path, chash)
 
     @contextmanager
@@ -332,7 +366,7 @@ class GridRunner:
             cls = DISTILLERS.get(method)
             if teacher is None and cls.needs_teacher:
                 raise RuntimeError(t_info.get("error", "no teacher"))
-            reset_peak_memory()  # peak_rss_mb is this cell's, even in a worker that ran other cells before
+            reset_peak_memory(self.device)  # peak_rss_mb is this cell's, even in a worker that ran other cells before
             student = _build(ds, cfg["backbone"], cfg["student"], cfg["seed"], self.device)
             distiller = cls(teacher, student, ds, cls.Config(**cfg["method"]["params"])).to(self.device)
             self.log(f"{tag} {stem}: training ...")

@@ -42,8 +42,11 @@ def atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make shared result folders unreadable to others
         with os.fdopen(fd, "wb") as fh:
+            try:  # mkstemp's 0600 would make shared result folders unreadable to others
+                os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+            except OSError:  # some network/FUSE mounts refuse it; the write matters more
+                pass
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -13,6 +13,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import sys
 from typing import Callable, Generic, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
@@ -125,9 +126,16 @@ def import_plugin_module(spec: str) -> None:
         if not os.path.exists(spec):
             raise FileNotFoundError(f"--import {spec}: no such file")
         mod_name = "kdbench_plugin_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(spec))[0])
+        if mod_name in sys.modules:  # once per process: a second run of its decorators would be a duplicate
+            return
         spec_obj = importlib.util.spec_from_file_location(mod_name, spec)
         module = importlib.util.module_from_spec(spec_obj)
-        spec_obj.loader.exec_module(module)
+        sys.modules[mod_name] = module
+        try:
+            spec_obj.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[mod_name]
+            raise
         return
     try:
         importlib.import_module(spec)

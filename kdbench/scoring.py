@@ -56,6 +56,8 @@ def pair_scores(user_repr: torch.Tensor, item_repr: torch.Tensor, users: torch.T
     b, k = items.shape
     if b == 0 or k == 0:
         return torch.zeros((b, k), dtype=user_repr.dtype, device=user_repr.device)
-    if k > item_repr.shape[0]:  # torch's SDDMM rejects rows with more entries than columns (repeated items)
+    # torch's SDDMM rejects rows with more entries than columns (repeated items); on GPUs cuSPARSE expects sorted,
+    # duplicate-free rows, which ranked and sampled lists are not, and the gather is cheap there anyway
+    if k > item_repr.shape[0] or items.device.type != "cpu":
         return batch_scores(user_repr[users], item_repr[items])
     return _ListScores.apply(user_repr[users], item_repr, items)

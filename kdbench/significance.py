@@ -47,6 +47,8 @@ def paired_user_test(method_npz: list[str], student_npz: list[str], metric: str)
     if a is None or b is None:
         return float("nan")
     users = a.index.intersection(b.index)
+    if len(users) == 0:
+        return float("nan")
     diff = a[users].to_numpy(float) - b[users].to_numpy(float)
     if not np.any(diff):
         return 1.0

@@ -113,3 +113,17 @@ def test_fitnet_closed_form_equals_the_projected_mse_with_gradients(tiny, teache
     params = [student.user_emb.weight, student.item_emb.weight, d.proj_user.weight, d.proj_item.weight]
     for a, b in zip(torch.autograd.grad(fast, params, retain_graph=True), torch.autograd.grad(direct, params)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fitnet_closed_form_keeps_precision_near_convergence():
+    """Near convergence the expansion subtracts numbers of the size of ‖t‖²: still exact to float32 rounding."""
+    from kdbench.methods.fitnet import linear_mse_sum
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(200, 20, generator=g)
+    s = torch.randn(2000, 20, generator=g)
+    t = s @ W.t() + 0.01 * torch.randn(2000, 200, generator=g)
+    w = torch.rand(2000, generator=g)
+    ref = (w.double() * ((s.double() @ W.double().t() - t.double()) ** 2).sum(-1)).sum()
+    got = linear_mse_sum(W, s, t, (t.double() ** 2).sum(-1), w)
+    assert got.dtype == torch.float32
+    assert abs(float(got) - float(ref)) / float(ref) < 1e-5

@@ -310,3 +310,67 @@ def test_two_replacements_in_one_second_keep_both_old_records(tmp_path, tiny_fol
     kept = sorted(p.read_bytes() for p in _superseded(out, STUDENT))
     assert kept == sorted(versions[:2])
 
+
+
+def test_a_failing_teacher_is_recorded_and_not_retrained_for_each_cell(tmp_path, tiny_folder, monkeypatch):
+    import kdbench.grid as grid
+    calls = []
+
+    def broken_fit(model, *a, **k):
+        if model.dim == 16:          # the teacher (tiny data: teacher dim 16 below); students train normally
+            calls.append(1)
+            raise FloatingPointError("non-finite loss at epoch 0")
+        return real_fit(model, *a, **k)
+
+    real_fit = grid.fit
+    monkeypatch.setattr(grid, "fit", broken_fit)
+    runner = GridRunner(tmp_path / "out", cache_dir=tmp_path / "c", quiet=True)
+    summary = runner.run([str(tiny_folder)], ["bprmf"], ["student", "fitnet", "kd"], [0], "quick",
+                         {"teacher.dim": 16, "train.max_epochs": 2})
+    assert len(calls) == 1                                   # tried once, not once per cell
+    recs = {p.stem.split("__")[2]: json.loads(p.read_text()) for p in (tmp_path / "out" / "cells").glob("*.json")}
+    assert recs["teacher"]["status"] == "failed" and "non-finite" in recs["teacher"]["error"]
+    assert recs["fitnet"]["status"] == recs["kd"]["status"] == "failed"
+    assert "teacher failed" in recs["kd"]["error"]
+    assert recs["student"]["status"] == "ok"                 # needs no teacher
+    assert sorted(summary.failed) == sorted(f"tinyds__bprmf__{m}__seed0" for m in ("teacher", "fitnet", "kd"))
+
+
+def test_resuming_a_finished_grid_trains_nothing_even_without_the_teacher_cache(tmp_path, tiny_folder,
+                                                                                 monkeypatch):
+    import kdbench.grid as grid
+    args = ([str(tiny_folder)], ["bprmf"], ["student", "kd"], [0], "quick", {"train.max_epochs": 2})
+    GridRunner(tmp_path / "out", cache_dir=tmp_path / "c", quiet=True).run(*args)
+    shutil.rmtree(tmp_path / "c")
+    monkeypatch.setattr(grid, "fit", lambda *a, **k: pytest.fail("a finished cell was trained again"))
+    summary = GridRunner(tmp_path / "out", cache_dir=tmp_path / "c2", quiet=True).run(*args)
+    assert len(summary.skipped) == 3 and not summary.ok and not summary.failed
+
+
+def test_a_task_that_fails_outside_its_cell_does_not_stop_the_map(tmp_path, tiny_folder):
+    from kdbench.executors import run_task
+    runner = GridRunner(tmp_path / "out", cache_dir=tmp_path / "c", quiet=True)
+    teachers, cells = runner.tasks([str(tiny_folder)], ["bprmf"], ["student"], [0], "quick", {})
+    shutil.rmtree(tiny_folder)                               # the worker cannot load the dataset any more
+    assert run_task(runner.settings, "[1/1]", cells[0]) == (cells[0].stem, "failed")
+
+
+def test_a_plugin_file_imported_twice_registers_once(tmp_path):
+    from kdbench.methods import DISTILLERS
+    from kdbench.registry import import_plugin_module
+    plugin = tmp_path / "twice_kd.py"
+    plugin.write_text("from kdbench.methods import register_distiller\n"
+                      "from kdbench.methods.student import StudentOnly\n"
+                      "register_distiller('twice_kd')(type('TwiceKD', (StudentOnly,), {}))\n")
+    import_plugin_module(str(plugin))
+    import_plugin_module(str(plugin))   # e.g. the parent and an in-process task of --workers 2
+    assert "twice_kd" in DISTILLERS.list()
+
+
+def test_dotted_method_names_take_overrides():
+    from kdbench.config import check_overrides, resolve_cell
+    over = {"freqd.nofilter.filter": "quadratic", "freqd.alpha": 0.3}
+    check_overrides(over, ["bprmf"], ["freqd", "freqd.nofilter"])
+    assert resolve_cell("citeulike", "bprmf", "freqd.nofilter", 0, "quick", over)["method"]["params"]["filter"] \
+        == "quadratic"
+    assert resolve_cell("citeulike", "bprmf", "freqd", 0, "quick", over)["method"]["params"]["alpha"] == 0.3

@@ -65,6 +65,10 @@ def compose(name: str) -> type[Distiller] | None:
     for part, cls in zip(parts, classes):
         fields += [(_prefix(part) + f.name, f.type, dataclasses.field(default=f.default))
                    for f in dataclasses.fields(cls.Config)]
+    names = [f[0] for f in fields]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"cannot compose {name!r}: its parts' prefixed hyperparameters collide ({', '.join(clash)})")
     config = dataclasses.make_dataclass(f"{''.join(c.__name__ for c in classes)}Config", fields,
                                         bases=(DistillerConfig,), frozen=True)
     return type(f"{'_'.join(c.__name__ for c in classes)}", (Composite,), {
