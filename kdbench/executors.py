@@ -86,8 +86,9 @@ class LocalExecutor(Executor):
         self.threads = threads or threads_per_worker(workers)
 
     def map(self, settings, tasks):
-        if self.workers == 1 or len(tasks) <= 1:
-            return [run_task(settings, tag, task, self.threads if self.workers > 1 else None) for tag, task in tasks]
+        if self.workers == 1 or len(tasks) <= 1:  # here, with every core (a lone teacher need not wait on 1 thread)
+            return [run_task(settings, tag, task, threads_per_worker(1) if self.workers > 1 else None)
+                    for tag, task in tasks]
         from joblib import Parallel, delayed
         return Parallel(n_jobs=self.workers, backend="loky")(
             delayed(run_task)(settings, tag, task, self.threads) for tag, task in tasks)

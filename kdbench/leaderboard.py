@@ -78,8 +78,9 @@ def table_notes(records: list[dict]) -> str:
     seeds = sorted({r["seed"] for r in ok})
     return (f"Mean ± std over seeds {', '.join(map(str, seeds))} (std shown with ≥ 2 seeds). Bold: best student "
             f"per dataset/backbone. † : differs from student at BH-adjusted p < {ALPHA} "
-            f"({TESTS['t']} with ≥ {MIN_SEEDS_FOR_T} seeds, else {TESTS['wilcoxon']}; Benjamini–Hochberg over "
-            f"the table's rows). Protocol: {'; '.join(protocols)}.")
+            f"({TESTS['t']} with ≥ {MIN_SEEDS_FOR_T} seeds, else {TESTS['wilcoxon']}, which over thousands of "
+            f"users flags small differences and says nothing of seed variance; Benjamini–Hochberg over the "
+            f"table's rows). Protocol: {'; '.join(protocols)}.")
 
 
 def timing(records: list[dict]) -> pd.DataFrame:
