@@ -67,6 +67,11 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, workers))
 
 
+def _check_workers(workers: int) -> None:
+    if workers < 1:
+        raise ExecutorError(f"--workers {workers}: expected a positive number of worker processes")
+
+
 class Executor(ABC):
     @abstractmethod
     def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
@@ -80,8 +85,7 @@ class LocalExecutor(Executor):
     """``--workers N`` processes on this machine (joblib's loky backend); N = 1 runs in this process."""
 
     def __init__(self, workers: int = 1, threads: int | None = None):
-        if workers < 1:
-            raise ExecutorError(f"--workers {workers}: expected a positive number of worker processes")
+        _check_workers(workers)
         self.workers = workers
         self.threads = threads or threads_per_worker(workers)
 
@@ -103,8 +107,8 @@ class DaskExecutor(Executor):
             import dask.distributed  # noqa: F401
         except ImportError:
             raise ExecutorError("--executor dask needs dask.distributed: pip install 'kdbench[dask]'") from None
-        if workers < 1 and not scheduler:
-            raise ExecutorError(f"--workers {workers}: expected a positive number of worker processes")
+        if not scheduler:
+            _check_workers(workers)
         self.scheduler, self.workers = scheduler, workers
         self.threads = threads or (None if scheduler else threads_per_worker(self.workers))
         self.client = self.cluster = None

@@ -25,7 +25,7 @@ from .backbones import BACKBONES
 from .allocator import reset_peak_memory
 from .config import PROFILE_NOTES, check_overrides, resolve_cell, resolve_data
 from .datasets import Dataset, load_dataset
-from .evaluate import EvalResult, evaluate_model
+from .evaluate import EvalResult, evaluate, evaluate_model
 from .leaderboard import write_tables
 from .methods import DISTILLERS
 from .records import cell_stem, environment, git_commit, read_record, set_aside, write_eval_npz, write_json
@@ -75,6 +75,12 @@ def teacher_spec(cfg: dict, ds: Dataset, device: torch.device) -> dict:
     return {"dataset": ds.fingerprint, "data": cfg["data"], "backbone": cfg["backbone"], "teacher": cfg["teacher"],
             "train": {k: v for k, v in cfg["train"].items() if k != "profile"}, "seed": cfg["seed"],
             "device": device.type}
+
+
+def _teacher_info(key: str, manifest: dict) -> dict:
+    """What a record says of its teacher, from the cache manifest."""
+    return {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
+            "best_epoch": manifest["best_epoch"]}
 
 
 def config_hash(cfg: dict, ds: Dataset) -> str:
@@ -248,8 +254,7 @@ class GridRunner:
                     except Exception as exc:
                         self._failed_teachers[key] = f"teacher failed: {type(exc).__name__}: {exc}"
                         raise
-            t_info = {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
-                      "best_epoch": manifest["best_epoch"]}
+            t_info = _teacher_info(key, manifest)
             self._teachers = {key: (Teacher(model, ds), t_info, manifest, test, cached)}  # one at a time: memory
         teacher, t_info, *_ = self._teachers[key]
         return teacher, t_info
@@ -259,11 +264,9 @@ class GridRunner:
         when it is there, never trained for it."""
         key = self.cache.key(teacher_spec(cfg, ds, self.device))
         try:
-            manifest = json.loads((self.cache.path(key) / "manifest.json").read_text())
+            return _teacher_info(key, json.loads((self.cache.path(key) / "manifest.json").read_text()))
         except (OSError, ValueError):
             return {"key": key}
-        return {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
-                "best_epoch": manifest["best_epoch"]}
 
     def _teacher_cell(self, ds: Dataset, cfg: dict, tag: str) -> str:
         tcfg = {**{k: cfg[k] for k in ("dataset", "data", "backbone", "teacher", "train", "eval", "seed")},
@@ -373,7 +376,10 @@ class GridRunner:
             res = fit(student, ds, _role(cfg["student"]), _train_cfg(cfg), cfg["seed"], distiller,
                       weight=cfg["method"]["params"]["weight"], progress=self.progress,
                       desc=f"{method} {ds.name}/{cfg['backbone']}")
-            test = evaluate_model(student, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
+            student.eval()
+            with torch.inference_mode():  # once, for the test metrics and the npz (`kdbench analyze freq`)
+                user_repr, item_repr = student.representations()
+            test = evaluate(user_repr, item_repr, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
         except Exception as exc:
             record = self._record(ds, cfg, chash, t_info, None, None, status="failed")
             record.update(error=f"{type(exc).__name__}: {exc}",
@@ -385,9 +391,7 @@ class GridRunner:
                 "timing": res.timing, "history": res.history, "started_at": started, "finished_at": _now()}
         record = self._record(ds, cfg, chash, t_info, test, info, status="ok")
         record["method_origin"] = DISTILLERS.origin(method)
-        student.eval()
-        with torch.inference_mode():  # kept for `kdbench analyze freq` (the spectrum of what the student learned)
-            reprs = tuple(r.cpu().numpy() for r in student.representations())
+        reprs = tuple(r.detach().cpu().numpy() for r in (user_repr, item_repr))
         self._write(path, record, test, ds, reprs)
         self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f} "
                  f"epochs={res.epochs} epoch_s={res.timing['epoch_s']:.3f}")

@@ -40,11 +40,14 @@ def _method_order(methods) -> list[str]:
     return first + sorted(m for m in methods if m not in first)
 
 
+def ok_records(records: list[dict]) -> list[dict]:
+    """The records of finished cells (status ok, with test metrics)."""
+    return [r for r in records if r.get("status") == "ok" and r.get("metrics")]
+
+
 def _ok_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
-    for r in records:
-        if r.get("status") != "ok" or not r.get("metrics"):
-            continue
+    for r in ok_records(records):
         t = r.get("timing") or {}
         rows.append({"dataset": r["dataset"]["name"], "backbone": r["backbone"], "method": r["method"],
                      "seed": r["seed"], **{m: r["metrics"][m] for m in METRICS}, "npz": r.get("_npz"),

@@ -23,9 +23,13 @@ from .datasets import Dataset
 from .evaluate import EvalResult
 
 
+def safe_name(name) -> str:
+    """A name as it may appear in a file name of the output directory."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(name))
+
+
 def cell_stem(dataset: str, backbone: str, method: str, seed: int) -> str:
-    safe = lambda s: re.sub(r"[^A-Za-z0-9._+-]", "_", s)  # noqa: E731
-    return f"{safe(dataset)}__{safe(backbone)}__{safe(method)}__seed{seed}"
+    return f"{safe_name(dataset)}__{safe_name(backbone)}__{safe_name(method)}__seed{seed}"
 
 
 def _umask() -> int:

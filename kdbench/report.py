@@ -12,7 +12,6 @@ Everything is derived from ``OUT/cells/*.json``; matplotlib (the ``plot`` extra)
 from __future__ import annotations
 
 import io
-import re
 from datetime import datetime
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from .evaluate import METRICS
-from .leaderboard import leaderboard, load_records, render, render_timing, timing
-from .records import atomic_write_bytes, atomic_write_text
+from .leaderboard import leaderboard, load_records, ok_records, render, render_timing, table_notes, timing
+from .records import atomic_write_bytes, atomic_write_text, safe_name
 
 GAIN_COLUMNS = ["dataset", "backbone", "method", "seed", "gain_pct"]
 SUMMARY_COLUMNS = ["dataset", "backbone", "method", "seeds", "gain_mean_pct", "gain_std_pct"]
@@ -39,13 +38,6 @@ def _pyplot():
     return plt
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(name))
-
-
-def _ok(records: list[dict]) -> list[dict]:
-    return [r for r in records if r.get("status") == "ok" and r.get("metrics")]
-
 
 def _name(r: dict) -> str:
     ds = r.get("dataset")
@@ -59,7 +51,7 @@ def per_seed_gains(records: list[dict], metric: str = "ndcg@20") -> pd.DataFrame
     record has no reference and is left out. The teacher is kept (callers decide whether to show it).
     """
     rows = [{"dataset": _name(r), "backbone": r["backbone"], "method": r["method"], "seed": r["seed"],
-             "value": r["metrics"][metric]} for r in _ok(records) if metric in r["metrics"]]
+             "value": r["metrics"][metric]} for r in ok_records(records) if metric in r["metrics"]]
     if not rows:
         return pd.DataFrame(columns=GAIN_COLUMNS)
     df = pd.DataFrame(rows).drop_duplicates(["dataset", "backbone", "method", "seed"], keep="last")
@@ -148,7 +140,7 @@ def history_key(record: dict) -> str | None:
 
 def plot_curves(records: list[dict], dataset: str, backbone: str, seed: int, path: Path) -> Path | None:
     """Validation metric per epoch of every method for one seed; the teacher dashed, as a reference ceiling."""
-    cells = sorted((r for r in _ok(records) if _name(r) == dataset and r["backbone"] == backbone
+    cells = sorted((r for r in ok_records(records) if _name(r) == dataset and r["backbone"] == backbone
                     and r["seed"] == seed and history_key(r)), key=lambda r: r["method"])
     if not cells:
         return None
@@ -203,7 +195,7 @@ def run_summary(records: list[dict]) -> list[str]:
                     for e in envs if e.get("git_commit"))
     machines = _uniq(f"{e.get('cpu', '?')}, {e.get('threads', '?')} thread(s)" for e in envs if e)
     protocols = _uniq(r.get("protocol") or r.get("profile") for r in records)
-    n_ok = len(_ok(records))
+    n_ok = len(ok_records(records))
     return [f"- protocol: {'; '.join(map(str, protocols)) or '?'}",
             (f"- datasets: {', '.join(_uniq(_name(r) for r in records)) or '?'}; "
              f"backbones: {', '.join(_uniq(r.get('backbone') for r in records)) or '?'}"),
@@ -239,19 +231,19 @@ def write_report(out: str | Path, metric: str = "ndcg@20") -> Path:
     out = Path(out)
     figdir = out / "figures"
     records = load_records(out)
-    ok = _ok(records)
+    ok = ok_records(records)
     lb, tm = leaderboard(records), timing(records)
     summary = summarize_gains(per_seed_gains(records, metric))
 
     lines = [f"# kdbench report: {out.resolve().name}", "", *run_summary(records), "",
-             f"## Leaderboard ({metric})", "", render(lb, "md", metric) if not lb.empty else "_no finished cells_",
+             f"## Leaderboard ({metric})", "", render(lb, "md", metric, table_notes(records)) if not lb.empty else "_no finished cells_",
              "", "## Training cost", "", render_timing(tm, "md") if not tm.empty else "_no finished cells_", ""]
 
     pairs = sorted({(_name(r), r["backbone"]) for r in ok})
     lines += [f"## Gain in {metric} over the student (paired per seed, mean ± std over seeds)", ""]
     for d, b in pairs:
         lines += [f"### {d} / {b}", "", gain_table(summary, d, b), ""]
-        stem = f"{_safe(d)}__{_safe(b)}"
+        stem = f"{safe_name(d)}__{safe_name(b)}"
         for kind, path in (("gain", plot_gain_bars(summary, d, b, metric, figdir / f"gain__{stem}.png")),
                            ("gain vs cost", plot_gain_vs_cost(summary, tm, d, b, metric,
                                                                figdir / f"gain_vs_cost__{stem}.png"))):
@@ -261,7 +253,7 @@ def write_report(out: str | Path, metric: str = "ndcg@20") -> Path:
     lines += ["## Training curves (validation, per epoch)", ""]
     for d, b in pairs:
         for seed in _uniq(r["seed"] for r in ok if _name(r) == d and r["backbone"] == b):
-            path = plot_curves(records, d, b, seed, figdir / f"curves__{_safe(d)}__{_safe(b)}__seed{seed}.png")
+            path = plot_curves(records, d, b, seed, figdir / f"curves__{safe_name(d)}__{safe_name(b)}__seed{seed}.png")
             if path is not None:
                 lines += [f"![curves {d}/{b} seed {seed}](figures/{path.name})", ""]
 

@@ -28,7 +28,6 @@ import csv
 import io
 import itertools
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .datasets import DATASETS, DataConfig, Dataset, load_dataset, load_folder
-from .records import atomic_write_bytes, atomic_write_text, read_record
+from .records import atomic_write_bytes, atomic_write_text, read_record, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -384,10 +383,6 @@ def teacher_representations(ds: Dataset, rec: dict, key: str, cache_dir=None) ->
         return torch.cat([u, i]).detach().double().numpy()
 
 
-def _safe(name: str) -> str:
-    """File-name-safe, as in ``records.cell_stem``."""
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(name))
-
 
 # -- the command ------------------------------------------------------------------------------------------------
 def analyze_freq(out, dataset: str, backbone: str, seed: int = 0, bands: str = "equal_width", mode: str = "auto",
@@ -413,7 +408,7 @@ def analyze_freq(out, dataset: str, backbone: str, seed: int = 0, bands: str = "
         adj = bipartite_adjacency(normalized_rating(ds.csr("train")))
         energy = lambda x: chebyshev_band_energy(adj, x, edges, moments)
     rows = band_rows(teacher, students, energy, edges)
-    csv_path = out / "analysis" / f"freq__{_safe(ds.name)}__{_safe(backbone)}__seed{seed}.csv"
+    csv_path = out / "analysis" / f"freq__{safe_name(ds.name)}__{safe_name(backbone)}__seed{seed}.csv"
     atomic_write_text(csv_path, rows_to_csv(rows))
     written = [csv_path]
     try:
