@@ -214,7 +214,9 @@ def gain_table(summary: pd.DataFrame, dataset: str, backbone: str) -> str:
                                                        if pd.notna(r["gain_std_pct"]) else "")}
             for _, r in s.iterrows()]
     # numparse would turn "+30.32" into 30.32 and drop the sign that the column is about
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "_no method paired with a student seed_"
+    if not rows:
+        return "_no method paired with a student seed_"
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
 def failed_lines(records: list[dict]) -> list[str]:
@@ -236,7 +238,8 @@ def write_report(out: str | Path, metric: str = "ndcg@20") -> Path:
     summary = summarize_gains(per_seed_gains(records, metric))
 
     lines = [f"# kdbench report: {out.resolve().name}", "", *run_summary(records), "",
-             f"## Leaderboard ({metric})", "", render(lb, "md", metric, table_notes(records)) if not lb.empty else "_no finished cells_",
+             f"## Leaderboard ({metric})", "",
+             render(lb, "md", metric, table_notes(records)) if not lb.empty else "_no finished cells_",
              "", "## Training cost", "", render_timing(tm, "md") if not tm.empty else "_no finished cells_", ""]
 
     pairs = sorted({(_name(r), r["backbone"]) for r in ok})
