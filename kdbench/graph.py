@@ -39,21 +39,63 @@ def to_torch_csr(m: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.
                                    check_invariants=False)
 
 
+def spmm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """a @ x for a sparse CSR ``a`` and a dense ``x``. ``a @ x`` zero-fills an output, multiplies into a temporary
+    and copies it over; ``addmm`` with beta=0 writes the product straight into an uninitialised output, 2-4x faster
+    on CPU (CiteULike Â times 200 columns: 7-8 ms against 15-36 ms at one thread)."""
+    out = torch.empty(a.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+    return torch.addmm(out, a, x, beta=0, out=out)
+
+
 class _SymmetricSpMM(torch.autograd.Function):
     """y = A x for a symmetric sparse A: the backward is the same product, so no transpose is ever built."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.a = a
-        return a @ x
+        return spmm(a, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return None, ctx.a @ grad
+        return None, spmm(ctx.a, grad)
 
 
 def symmetric_spmm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _SymmetricSpMM.apply(a, x)
+
+
+def _mean_of_powers(a: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
+    acc = x.clone()
+    for _ in range(k):
+        x = spmm(a, x)
+        acc.add_(x)
+    return acc.mul_(1.0 / (k + 1))
+
+
+class _PropagateMean(torch.autograd.Function):
+    """(users, items) -> mean_{j=0..k} Â^j [users; items], split back into users and items.
+
+    For a symmetric Â the vector-Jacobian product is the same mean of powers applied to the gradient, so nothing
+    but Â is saved for backward and no autograd node is built per layer: the layer-by-layer graph kept every
+    layer's output and spent a third of a 200-d LightGCN step on zero-filling, copying and summing them."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, users: torch.Tensor, items: torch.Tensor, k: int):
+        ctx.a, ctx.k, ctx.n_users = a, k, users.shape[0]
+        out = _mean_of_powers(a, torch.cat([users, items]), k)
+        return out[: ctx.n_users], out[ctx.n_users:]
+
+    @staticmethod
+    def backward(ctx, g_users: torch.Tensor, g_items: torch.Tensor):
+        g = torch.cat([g_users, g_items])
+        g = _mean_of_powers(ctx.a, g, ctx.k)
+        return None, g[: ctx.n_users], g[ctx.n_users:], None
+
+
+def propagate_mean(a: torch.Tensor, users: torch.Tensor, items: torch.Tensor, k: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """LightGCN's final representations: the mean of layers 0..k of propagation over the symmetric Â."""
+    return _PropagateMean.apply(a, users, items, k)
 
 
 class _RowBlockSpMM(torch.autograd.Function):
@@ -65,7 +107,7 @@ class _RowBlockSpMM(torch.autograd.Function):
                 x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(row, col, val)
         ctx.n = x.shape[0]
-        return block @ x
+        return spmm(block, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -24,6 +24,15 @@ def test_lightgcn_matches_dense_propagation(tiny):
     expect = torch.stack(layers).mean(0)
     u, i = m.representations()
     torch.testing.assert_close(torch.cat([u, i]).detach(), expect, atol=1e-5, rtol=1e-4)
+    # the fused backward (the same propagation applied to the gradient) against autograd through the dense layers
+    wu, wi = torch.randn_like(u), torch.randn_like(i)
+    g_user, g_item = torch.autograd.grad((u * wu).sum() + (i * wi).sum(), [m.user_emb.weight, m.item_emb.weight])
+    xd = x.clone().requires_grad_(True)
+    layers = [xd]
+    for _ in range(3):
+        layers.append(a @ layers[-1])
+    g_dense, = torch.autograd.grad((torch.stack(layers).mean(0) * torch.cat([wu, wi])).sum(), xd)
+    torch.testing.assert_close(torch.cat([g_user, g_item]), g_dense, atol=1e-5, rtol=1e-4)
 
 
 def test_simplex_user_is_gated_history_mean(tiny):

@@ -1,7 +1,8 @@
 """LightGCN (He et al., SIGIR 2020): Ē = mean_{k=0..K} Â^k E^(0), no self-loops (spec §2.2, KD mode).
 
-Propagation is one sparse CSR product per layer with a symmetric custom backward; it runs once per training step
-and its output is shared by the base loss and the KD loss (``BackboneOutput.all_repr``).
+Propagation is one sparse CSR product per layer inside one autograd function whose backward is the same
+propagation of the gradient (Â is symmetric); it runs once per training step and its output is shared by the base
+loss and the KD loss (``BackboneOutput.all_repr``).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..graph import normalized_adjacency, symmetric_spmm, to_torch_csr
+from ..graph import normalized_adjacency, propagate_mean, to_torch_csr
 from . import BACKBONES
 from .base import Backbone, BackboneConfig
 
@@ -37,11 +38,4 @@ class LightGCN(Backbone):
         return self._adj
 
     def representations(self):
-        x = torch.cat([self.user_emb.weight, self.item_emb.weight])
-        acc = x
-        adj = self._graph()
-        for _ in range(self.cfg.n_layers):
-            x = symmetric_spmm(adj, x)
-            acc = acc + x
-        acc = acc / (self.cfg.n_layers + 1)
-        return acc[: self.n_users], acc[self.n_users:]
+        return propagate_mean(self._graph(), self.user_emb.weight, self.item_emb.weight, self.cfg.n_layers)
