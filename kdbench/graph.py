@@ -12,7 +12,6 @@ import torch
 
 from .datasets import Dataset
 
-
 # torch warns once that sparse CSR is "beta"; the products used here are covered by kdbench's own tests
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

@@ -24,7 +24,6 @@ from .datasets import Dataset
 from .evaluate import evaluate_model
 from .sampling import PairMembership, sample_excluding
 
-
 log = logging.getLogger(__name__)
 
 

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..datasets import Dataset
 
@@ -16,8 +16,9 @@ class BackboneOutput:
     """One forward pass on a batch of (user, positive, negatives).
 
     ``user_repr`` holds the batch users' final representations (spec §2.4; SimpleX users before dropout) that KD
-    losses distil; ``pos_scores``/``neg_scores`` are what the base loss uses. ``all_repr()`` gives the final representations of
-    every user and item, computed at most once per step (LightGCN already has them from the forward).
+    losses distil; ``pos_scores``/``neg_scores`` are what the base loss uses. ``all_repr()`` gives the final
+    representations of every user and item, computed at most once per step (LightGCN already has them from the
+    forward).
     """
 
     users: torch.Tensor            # [B]

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from . import BACKBONES
 from .base import DENSE_RATIO, Backbone, BackboneConfig, BackboneOutput, batch_scores, scores_at
@@ -43,7 +43,7 @@ class SimpleX(Backbone):
         r = data.csr("train")
         lens = np.diff(r.indptr)
         keep_from = r.indptr[1:] - np.minimum(lens, cfg.max_len)  # the last max_len items of each row
-        idx = np.concatenate([r.indices[s:e] for s, e in zip(keep_from, r.indptr[1:])]) if r.nnz else np.zeros(0)
+        idx = r.indices[np.arange(r.nnz) >= np.repeat(keep_from, lens)]
         new_lens = np.minimum(lens, cfg.max_len)
         self.register_buffer("hist_items", torch.from_numpy(idx.astype(np.int64)), persistent=False)
         self.register_buffer("hist_start", torch.from_numpy(np.concatenate([[0], np.cumsum(new_lens)[:-1]])
