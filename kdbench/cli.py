@@ -10,8 +10,8 @@ from pathlib import Path
 from .backbones import BACKBONES
 from .config import PROFILES, ConfigError, load_config_file, parse_set
 from .datasets import DATASETS, DatasetError
-from .methods import BUILTIN_METHODS, CORE_METHODS, DISTILLERS
 from .executors import ExecutorError
+from .methods import BUILTIN_METHODS, CORE_METHODS, DISTILLERS
 from .registry import import_plugin_module
 
 
@@ -140,7 +140,7 @@ def cmd_run(args) -> int:
                              cpus=args.slurm_cpus, mem_gb=args.slurm_mem_gb,
                              array_parallelism=args.slurm_array_parallelism, cluster=args.slurm_cluster)
     summary = runner.run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides, executor)
-    from .leaderboard import load_records, leaderboard, table_notes
+    from .leaderboard import leaderboard, load_records, table_notes
     recs = load_records(runner.out)
     print(render(leaderboard(recs), "md", notes=table_notes(recs)))
     print(f"\n{len(summary.ok)} cells run, {len(summary.skipped)} skipped (done before), {len(summary.busy)} "
@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "timing": cmd_timing,
                 "report": cmd_report, "analyze": cmd_analyze}[args.command](args)
-    except (ConfigError, DatasetError, ExecutorError, KeyError, FileNotFoundError, ModuleNotFoundError, ValueError) as exc:
+    except (ConfigError, DatasetError, ExecutorError, KeyError, FileNotFoundError, ModuleNotFoundError,
+            ValueError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"kdbench: error: {msg}", file=sys.stderr)
         return 2

@@ -77,7 +77,7 @@ class Executor(ABC):
     def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
         """Run (tag, task) pairs; return one (stem, outcome) per task, in order."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most executors hold nothing to release
         """Release what ``map`` set up (called once, after the last phase)."""
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import random
-from contextlib import contextmanager
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,8 +21,8 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import __version__
-from .backbones import BACKBONES
 from .allocator import reset_peak_memory
+from .backbones import BACKBONES
 from .config import PROFILE_NOTES, check_overrides, resolve_cell, resolve_data
 from .datasets import Dataset, load_dataset
 from .evaluate import EvalResult, evaluate, evaluate_model

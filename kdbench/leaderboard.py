@@ -66,7 +66,7 @@ def leaderboard(records: list[dict]) -> pd.DataFrame:
     out = pd.concat([g["seed"].count().rename("seeds"), mean, std], axis=1).reset_index()
     for metric in ("ndcg@20", "recall@20"):
         ref = out[out["method"] == "student"].set_index(["dataset", "backbone"])[metric]
-        base = out.set_index(["dataset", "backbone"]).index.map(lambda k: ref.get(k, np.nan))
+        base = out.set_index(["dataset", "backbone"]).index.map(lambda k, ref=ref: ref.get(k, np.nan))
         out[f"gain_{metric}_pct"] = (out[metric].to_numpy() / np.asarray(base, dtype=float) - 1) * 100
     out = out.merge(p_values(df, TESTED), on=["dataset", "backbone", "method"], how="left")
     out["_order"] = out["method"].map({m: i for i, m in enumerate(_method_order(out["method"].unique()))})

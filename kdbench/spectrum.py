@@ -25,6 +25,7 @@ final representations, raw and row-L2-normalised (the latter matches cosine loss
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import itertools
 import logging
@@ -402,11 +403,11 @@ def analyze_freq(out, dataset: str, backbone: str, seed: int = 0, bands: str = "
     if mode == "exact":
         spec = spectrum_of(ds)  # once per call: every model and both normalisations reuse it
         edges = band_edges(bands, spec.eigenvalues() if bands == "equal_count" else None)
-        energy = lambda x: exact_band_energy(spec, x, edges)
+        energy = functools.partial(exact_band_energy, spec, edges=edges)
     else:
         edges = band_edges(bands)
         adj = bipartite_adjacency(normalized_rating(ds.csr("train")))
-        energy = lambda x: chebyshev_band_energy(adj, x, edges, moments)
+        energy = functools.partial(chebyshev_band_energy, adj, edges=edges, m=moments)
     rows = band_rows(teacher, students, energy, edges)
     csv_path = out / "analysis" / f"freq__{safe_name(ds.name)}__{safe_name(backbone)}__seed{seed}.csv"
     atomic_write_text(csv_path, rows_to_csv(rows))

@@ -53,7 +53,8 @@ class TeacherCache:
 
     @staticmethod
     def key(spec: dict) -> str:
-        return sha256_json({**spec, "code": training_code_version(), "torch": ".".join(torch.__version__.split(".")[:2])})
+        torch_minor = ".".join(torch.__version__.split(".")[:2])
+        return sha256_json({**spec, "code": training_code_version(), "torch": torch_minor})
 
     def path(self, key: str) -> Path:
         return self.root / "teachers" / key

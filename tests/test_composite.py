@@ -1,10 +1,10 @@
 """Composite distillers (``a+b``, e.g. DE-RRD): each part's terms at its own weight, its own modules trained."""
 import pytest
 import torch
+from helpers import make_batch, make_distiller
 
 from kdbench.cli import main
 from kdbench.methods import DISTILLERS
-from helpers import make_batch, make_distiller
 
 
 def test_composite_terms_are_the_parts_terms_times_their_weights(tiny):

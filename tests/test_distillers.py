@@ -2,14 +2,13 @@
 
 import pytest
 import torch
+from helpers import make_batch, make_distiller
 
 import kdbench
 from kdbench.backbones import BACKBONES
 from kdbench.methods import CORE_METHODS, DISTILLERS
 from kdbench.teacher import Teacher
 from kdbench.train import RoleConfig, TrainConfig, fit
-
-from helpers import make_batch, make_distiller
 
 
 @pytest.mark.parametrize("backbone", ["bprmf", "lightgcn", "simplex"])
@@ -41,7 +40,8 @@ def test_freqd_loss_is_smaller_for_a_student_aligned_with_the_teacher(tiny):
     B = BACKBONES.get("bprmf")
     teacher = Teacher(B(tiny, 8, B.Config(init_std=1.0)), tiny)
     losses = {}
-    for name, perm in (("aligned", None), ("shuffled", torch.randperm(tiny.n_items, generator=torch.Generator().manual_seed(0)))):
+    shuffle = torch.randperm(tiny.n_items, generator=torch.Generator().manual_seed(0))
+    for name, perm in (("aligned", None), ("shuffled", shuffle)):
         student = B(tiny, 8, B.Config())
         with torch.no_grad():
             student.user_emb.weight.copy_(teacher.user_repr)
@@ -94,6 +94,7 @@ def test_fitnet_closed_form_equals_the_projected_mse_with_gradients(tiny, teache
     """FitNet's linear-MSE closed form must give the value and gradients of Σ w_e ‖W s_e − t_e‖² computed
     directly (which the mlp/cos path still uses)."""
     from helpers import make_batch, make_distiller
+
     from kdbench.methods._common import batch_entities, template_sum
 
     teacher, student, d = make_distiller(tiny, "bprmf", "fitnet", teacher_std=teacher_std)

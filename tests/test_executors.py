@@ -48,7 +48,8 @@ def _assert_same_cells(recs, reference):
 
 @pytest.fixture(scope="module")
 def tinyds(tmp_path_factory, tiny):
-    """The tiny data as a LightGCN folder like conftest's ``tiny_folder`` (module-scoped, so that one sequential reference run serves every test)."""
+    """The tiny data as a LightGCN folder like conftest's ``tiny_folder`` (module-scoped, so that one sequential
+    reference run serves every test)."""
     folder = tmp_path_factory.mktemp("data") / "tinyds"
     folder.mkdir()
     for split in ("train", "valid", "test"):

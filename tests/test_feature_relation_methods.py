@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_batch, make_distiller
 from torch import nn
 
 from kdbench.backbones import BACKBONES
@@ -11,8 +12,6 @@ from kdbench.methods import DISTILLERS
 from kdbench.methods._experts import ExpertBank, annealed_temperature, gumbel_selection
 from kdbench.teacher import Teacher
 from kdbench.train import RoleConfig, TrainConfig, fit
-
-from helpers import make_batch, make_distiller
 
 
 def _aligned_bprmf(tiny, method, shuffle, dim=8, **params):
@@ -188,7 +187,8 @@ def test_de_matches_the_template_with_explicit_experts(tiny):
         return ((t - that) ** 2).sum(-1)
 
     l_u = ell(d.experts.user_experts, d.experts.user_gate, s_u[users], teacher.user_repr[users])
-    l_i = ell(d.experts.item_experts, d.experts.item_gate, s_i[torch.cat([pos, neg])], teacher.item_repr[torch.cat([pos, neg])])
+    items = torch.cat([pos, neg])
+    l_i = ell(d.experts.item_experts, d.experts.item_gate, s_i[items], teacher.item_repr[items])
     want = l_u.sum() + 0.5 * l_i.sum()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 

@@ -1,22 +1,28 @@
 """RD, CD and RRD (spec §4.2): gradients, sampler distributions, loss sanity, determinism, registration."""
 import math
+
 import numpy as np
 import pytest
 import torch
+from helpers import make_batch, make_distiller
 from scipy.stats import chisquare
 
 from kdbench.backbones import BACKBONES
 from kdbench.cli import main
 from kdbench.evaluate import full_rank_topk
 from kdbench.methods import BUILTIN_METHODS, DISTILLERS
-from kdbench.methods._ranking import (first_distinct, rank_log_weights, rank_probs, relaxed_ranking_loss, sample_ranks,
-                                      sample_uniform_distinct)
+from kdbench.methods._ranking import (
+    first_distinct,
+    rank_log_weights,
+    rank_probs,
+    relaxed_ranking_loss,
+    sample_ranks,
+    sample_uniform_distinct,
+)
 from kdbench.methods.rrd import clamp_sizes
 from kdbench.sampling import PairMembership
 from kdbench.teacher import Teacher
 from kdbench.train import RoleConfig, TrainConfig, fit
-
-from helpers import make_batch, make_distiller
 
 METHODS = ["rd", "cd", "rrd", "rrd.nosample"]
 

@@ -6,7 +6,7 @@ from scipy import stats
 
 from kdbench.evaluate import METRICS
 from kdbench.leaderboard import leaderboard, render, table_notes
-from kdbench.significance import paired_seed_test, paired_user_test, p_values
+from kdbench.significance import p_values, paired_seed_test, paired_user_test
 
 
 def _cell(method, seed, ndcg, npz=None, dataset="d", backbone="bprmf"):

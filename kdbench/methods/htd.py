@@ -47,7 +47,6 @@ from .base import DistillerConfig, register_distiller
 from .ftd import cosine_matrix, topology_entities
 
 
-
 @dataclass(frozen=True)
 class HTDConfig(DistillerConfig):
     weight: float = 0.5            # λ, KDs BPR CiteULike (Kang notebook: 1e-3)

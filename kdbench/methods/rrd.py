@@ -34,8 +34,14 @@ import torch
 
 from ..sampling import PairMembership
 from ..scoring import pair_scores
-from ._ranking import (min_free_items, rank_log_weights, relaxed_ranking_loss, sample_ranks, sample_uniform_distinct,
-                       seeded_generator)
+from ._ranking import (
+    min_free_items,
+    rank_log_weights,
+    relaxed_ranking_loss,
+    sample_ranks,
+    sample_uniform_distinct,
+    seeded_generator,
+)
 from .base import Distiller, DistillerConfig, register_distiller, register_variant
 
 
