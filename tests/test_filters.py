@@ -93,4 +93,12 @@ def test_cosine_distance_equals_the_normalize_form_with_gradients():
     a = cosine_distance(x, t)
     b = 1 - (torch.nn.functional.normalize(x, dim=-1) * t).sum(-1)
     torch.testing.assert_close(a, b)
-    torch.testing.assert_close(torch.autograd.grad(a.sum(), x)[0], torch.autograd.grad(b.sum(), x)[0])
+    w = torch.randn(7, generator=g)  # unequal upstream gradients per row
+    torch.testing.assert_close(torch.autograd.grad((a * w).sum(), x)[0], torch.autograd.grad((b * w).sum(), x)[0])
+    # a row of zero norm: the eps branch, where F.normalize divides by eps instead of the norm
+    z = torch.zeros(1, 5, dtype=torch.float64, requires_grad=True)
+    tz = t[:1].double()
+    ga, = torch.autograd.grad(cosine_distance(z, tz).sum(), z)
+    gb, = torch.autograd.grad((1 - (torch.nn.functional.normalize(z, dim=-1) * tz).sum(-1)).sum(), z)
+    torch.testing.assert_close(ga, gb)
+    assert torch.autograd.gradcheck(lambda y: cosine_distance(y, t.double()), x.detach().double().requires_grad_())
