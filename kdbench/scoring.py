@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .backbones.base import batch_scores
+from .backbones.base import batch_scores, rows_of
 
 # the patterns are built here and valid by construction
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -59,5 +59,5 @@ def pair_scores(user_repr: torch.Tensor, item_repr: torch.Tensor, users: torch.T
     # torch's SDDMM rejects rows with more entries than columns (repeated items); on GPUs cuSPARSE expects sorted,
     # duplicate-free rows, which ranked and sampled lists are not, and the gather is cheap there anyway
     if k > item_repr.shape[0] or items.device.type != "cpu":
-        return batch_scores(user_repr[users], item_repr[items])
-    return _ListScores.apply(user_repr[users], item_repr, items)
+        return batch_scores(rows_of(user_repr, users), rows_of(item_repr, items))
+    return _ListScores.apply(rows_of(user_repr, users), item_repr, items)

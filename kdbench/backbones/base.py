@@ -40,6 +40,15 @@ class BackboneOutput:
 DENSE_RATIO = 32
 
 
+def rows_of(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table[idx]`` for a 2-D table and integer ids of any shape, differentiable in the table.
+
+    Indexing's backward zero-fills a table-sized gradient and scatters into it with ``index_put_(accumulate)``;
+    ``F.embedding``'s dense backward computes the same sums 3x faster on CPU (25,181 x 400 table, 4,096 ids:
+    3.5 ms against 11.4 ms), and a 400-d BPRMF step gathers from two such tables."""
+    return F.embedding(idx, table)
+
+
 def scores_at(u: torch.Tensor, items: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """⟨u_b, items[idx_{b,k}]⟩ for users u [B, d], an item table [I, d] and item ids idx [B, K].
 
@@ -48,7 +57,7 @@ def scores_at(u: torch.Tensor, items: torch.Tensor, idx: torch.Tensor) -> torch.
     gradient back into the table (measured on CiteULike: see benchmarks)."""
     if idx.shape[1] * DENSE_RATIO >= items.shape[0]:
         return (u @ items.t()).gather(1, idx)
-    return batch_scores(u, items[idx])
+    return batch_scores(u, rows_of(items, idx))
 
 
 def batch_scores(u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -94,7 +103,7 @@ class Backbone(nn.Module):
 
     def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> BackboneOutput:
         all_u, all_i = self.representations()
-        u = all_u[users]
+        u = rows_of(all_u, users)
         # one gather per table: each gather's backward zero-fills a table-sized gradient
         scores = scores_at(u, all_i, torch.cat([pos[:, None], neg], 1))
         return BackboneOutput(users, pos, neg, u, scores[:, 0], scores[:, 1:], _all=(all_u, all_i))

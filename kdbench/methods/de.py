@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..backbones.base import rows_of
 from ._common import batch_entities, student_features, template_sum
 from ._experts import GumbelExpertDistiller
 from .base import DistillerConfig, register_distiller
@@ -57,6 +58,6 @@ class DE(GumbelExpertDistiller):
         t_user, t_item = self.teacher.repr(self.cfg.feature_source)
         users, pos, neg = batch_entities(out, self.cfg.kd_all_negatives)
         items = torch.cat([pos, neg])
-        ell_u = ((t_user[users] - self.experts.reconstruct("user", s_user[users], t_user[users])) ** 2).sum(-1)
-        ell_i = ((t_item[items] - self.experts.reconstruct("item", s_item[items], t_item[items])) ** 2).sum(-1)
+        ell_u = ((t_user[users] - self.experts.reconstruct("user", rows_of(s_user, users), t_user[users])) ** 2).sum(-1)
+        ell_i = ((t_item[items] - self.experts.reconstruct("item", rows_of(s_item, items), t_item[items])) ** 2).sum(-1)
         return {"kd_feat": template_sum(ell_u, ell_i[:len(pos)], ell_i[len(pos):])}

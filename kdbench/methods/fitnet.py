@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..backbones.base import rows_of
 from ._common import batch_entities, make_projector, student_features, template_sum
 from .base import Distiller, DistillerConfig, register_distiller
 
@@ -52,18 +53,18 @@ class FitNet(Distiller):
             # the template's weights: users 1, positives and negatives ½ (an item in both counts twice)
             items = torch.cat([pos, neg])
             w_items = torch.full((len(items),), 0.5, device=items.device)
-            return {"kd_feat": linear_mse_sum(self.proj_user.weight, s_user[users], t_user[users],
+            return {"kd_feat": linear_mse_sum(self.proj_user.weight, rows_of(s_user, users), t_user[users],
                                               self.t_sq[0][users], torch.ones(len(users), device=users.device))
-                    + linear_mse_sum(self.proj_item.weight, s_item[items], t_item[items], self.t_sq[1][items],
+                    + linear_mse_sum(self.proj_item.weight, rows_of(s_item, items), t_item[items], self.t_sq[1][items],
                                      w_items)}
 
         def ell(proj, s, t):
             p = proj(s)
             return ((p - t) ** 2).sum(-1) if self.cfg.loss == "mse" else 1 - F.cosine_similarity(p, t, dim=-1)
 
-        return {"kd_feat": template_sum(ell(self.proj_user, s_user[users], t_user[users]),
-                                       ell(self.proj_item, s_item[pos], t_item[pos]),
-                                       ell(self.proj_item, s_item[neg], t_item[neg]))}
+        return {"kd_feat": template_sum(ell(self.proj_user, rows_of(s_user, users), t_user[users]),
+                                       ell(self.proj_item, rows_of(s_item, pos), t_item[pos]),
+                                       ell(self.proj_item, rows_of(s_item, neg), t_item[neg]))}
 
 
 def linear_mse_sum(weight: torch.Tensor, s: torch.Tensor, t: torch.Tensor, t_sq: torch.Tensor, w: torch.Tensor

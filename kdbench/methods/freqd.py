@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..backbones.base import rows_of
 from ..graph import normalized_adjacency, row_block_spmm, symmetric_spmm, to_torch_csr
 from ._common import batch_entities, make_projector, student_features, template_sum
 from .base import Distiller, DistillerConfig, register_distiller, register_variant
@@ -53,7 +54,7 @@ def filter_coefficients(kind: str, alpha: float) -> list[float]:
 def apply_filter(adj: torch.Tensor, x: torch.Tensor, coeffs: list[float], rows: torch.Tensor | None = None
                  ) -> torch.Tensor:
     """(Σ_j c_j Â^j x)[rows] (all rows when None); the last power uses only the needed rows of Â."""
-    out = coeffs[0] * (x if rows is None else x[rows])
+    out = coeffs[0] * (x if rows is None else rows_of(x, rows))
     y = x
     for j, c in enumerate(coeffs[1:], 1):
         last = j == len(coeffs) - 1
@@ -61,7 +62,7 @@ def apply_filter(adj: torch.Tensor, x: torch.Tensor, coeffs: list[float], rows: 
             out = out + c * row_block_spmm(adj, rows, y)
         else:
             y = symmetric_spmm(adj, y)
-            out = out + c * (y if rows is None else y[rows])
+            out = out + c * (y if rows is None else rows_of(y, rows))
     return out
 
 
@@ -92,7 +93,7 @@ class FreqD(Distiller):
         nodes = torch.cat([users, pos + self.n_users, neg + self.n_users])
         x = torch.cat(student_features(self.student, out, self.cfg.feature_source))
         s = apply_filter(self.adj, x, self.coeffs, nodes) if self.coeffs[1:] != [0.0] * (len(self.coeffs) - 1) \
-            else x[nodes]
+            else rows_of(x, nodes)
         t = self.t_filtered[nodes]
         nu, npos = len(users), len(pos)
         ell_u = cosine_distance(self.proj_user(s[:nu]), t[:nu])

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..backbones.base import rows_of
 from ._common import batch_entities, student_features
 from .base import Distiller, DistillerConfig, register_distiller
 
@@ -73,7 +74,7 @@ def batch_features(student, teacher, out, source: str, users: torch.Tensor, item
     """s = [S_users; S_items] (differentiable) and t = [T_users; T_items] (constant)."""
     s_user, s_item = student_features(student, out, source)
     t_user, t_item = teacher.repr(source)
-    return torch.cat([s_user[users], s_item[items]]), torch.cat([t_user[users], t_item[items]])
+    return torch.cat([rows_of(s_user, users), rows_of(s_item, items)]), torch.cat([t_user[users], t_item[items]])
 
 
 @register_distiller("ftd")

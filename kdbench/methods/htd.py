@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..backbones.base import rows_of
 from ._common import student_features
 from ._experts import GumbelExpertDistiller
 from .base import DistillerConfig, register_distiller
@@ -141,7 +142,7 @@ class HTD(GumbelExpertDistiller):
         users, items = topology_entities(out, cfg.kd_all_negatives)
         s_user, s_item = student_features(self.student, out, cfg.feature_source)
         t_user, t_item = self.teacher.repr(cfg.feature_source)
-        su, si, tu, ti = s_user[users], s_item[items], t_user[users], t_item[items]
+        su, si, tu, ti = rows_of(s_user, users), rows_of(s_item, items), t_user[users], t_item[items]
         s, t = torch.cat([su, si]), torch.cat([tu, ti])
         z = self.groups(tu, ti)
         topo = self.entity_level(s, t, z)
