@@ -4,7 +4,7 @@ Done naively this is a gather of B·K item rows (B·K·d floats through memory: 
 50 candidates of a 400-d teacher), a broadcast product, and in training a scatter of B·K gradient rows back into
 the table. As a sampled dense–dense product (SDDMM) at the sparsity pattern of the lists, each score is read
 straight from the two tables; the backward is one sparse × dense product per side (the item side through a COO
-matrix, which sorts the pairs by item instead of scattering row by row). The same numbers, 2–10x faster on CPU
+matrix transposed by a stable int32 sort, instead of scattering row by row). The same numbers, 2–10x faster on CPU
 for the candidate lists of KD, RD, CD and RRD (see benchmarks/).
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from .backbones.base import batch_scores, rows_of
+from .graph import spmm
 
 # the patterns are built here and valid by construction
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -41,12 +42,23 @@ class _ListScores(torch.autograd.Function):
         g = grad.contiguous().reshape(-1)
         gu = gi = None
         if ctx.needs_input_grad[0]:
-            gu = _pattern(items, item_repr.shape[0], g) @ item_repr
+            gu = spmm(_pattern(items, item_repr.shape[0], g), item_repr)
         if ctx.needs_input_grad[1]:
-            rows = torch.arange(b, device=u.device).repeat_interleave(k)
-            coo = torch.sparse_coo_tensor(torch.stack([items.reshape(-1), rows]), g, (item_repr.shape[0], b))
-            gi = torch.sparse.mm(coo, u)
+            gi = spmm(_transposed_pattern(items, item_repr.shape[0], g), u)
         return gu, gi, None
+
+
+def _transposed_pattern(items: torch.Tensor, n_items: int, values: torch.Tensor) -> torch.Tensor:
+    """The [n_items, B] CSR transpose of ``_pattern``: entries grouped by item with a stable sort on int32 keys
+    (half the time of an int64 argsort; RRD's 1,700 x 300 lists: 4 ms), rows ascending within each item. The
+    product with it is 2x faster than torch's COO ``sparse.mm``, which coalesces by sorting int64 pairs."""
+    b, k = items.shape
+    flat = items.reshape(-1)
+    order = torch.sort(flat.to(torch.int32), stable=True).indices
+    crow = torch.zeros(n_items + 1, dtype=torch.int64, device=items.device)
+    torch.cumsum(torch.bincount(flat, minlength=n_items), 0, out=crow[1:])
+    return torch.sparse_csr_tensor(crow, torch.div(order, k, rounding_mode="floor"), values[order],
+                                   size=(n_items, b), check_invariants=False)
 
 
 def pair_scores(user_repr: torch.Tensor, item_repr: torch.Tensor, users: torch.Tensor, items: torch.Tensor
