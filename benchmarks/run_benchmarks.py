@@ -39,8 +39,11 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 
 def bench_eval() -> dict:
     """Full ranking of Gowalla's shape (29,858 users × 40,981 items, d = 20, train masked) vs the floor."""
+    from kdbench.allocator import keep_freed_memory
     from kdbench.datasets import load_dataset
     from kdbench.evaluate import CHUNK_BYTES, evaluate
+
+    keep_freed_memory()  # as in every kdbench process, where evaluation follows training (train.fit sets it)
 
     ds = load_dataset("gowalla", DATA)
     g = torch.Generator().manual_seed(0)

@@ -15,8 +15,9 @@ woriazzc/KDs modeling/KD/cf/playground.py ``FreqD`` up to commit 4ef9cca). α = 
 
 Cost, and where this departs from the official code (spec §7 #7): T̃ is computed once for all nodes; for the
 student only the rows of the batch's entities are filtered, S̃_E = Σ_j c_j (Â^j X^S)[E], the last power as the
-row block Â[E, :] times the previous one, so the linear filter never touches more than the neighbourhoods of the
-batch. Gradients still reach every student row adjacent to the batch. Default features are the final
+row block Â[E, :] times the previous one when that block is a small part of Â (large graphs, small batches), and
+as one full product otherwise (CiteULike, Gowalla and Yelp2018 batches of 2,048 pairs: see ``row_block_spmm``).
+Gradients still reach every student row adjacent to the batch. Default features are the final
 representations (spec §2.4 decision; the official code uses raw tables: ``feature_source=raw``).
 """
 from __future__ import annotations
