@@ -237,6 +237,14 @@ def test_relaxed_ranking_loss_formula_and_order():
     assert relaxed_ranking_loss(ordered, unint) < relaxed_ranking_loss(ordered - 6, unint)   # below uninteresting
     big = relaxed_ranking_loss(ordered * 1000, unint * 1000)
     assert torch.isfinite(big)                                     # no exp overflow
+    # scores 2000 apart underflow even float64's e^{x − m}: the logcumsumexp fallback gives the exact suffix terms
+    far = torch.tensor([[0.0, -2000.0]], requires_grad=True)
+    below = torch.tensor([[-3000.0]])
+    loss = relaxed_ranking_loss(far, below)
+    # suffix terms: log(e^0 + e^-2000 + e^-3000) − 0 ≈ 0 and log(e^-2000 + e^-3000) + 2000 ≈ 0
+    assert torch.isfinite(loss) and abs(loss.item()) < 1e-3
+    grad, = torch.autograd.grad(loss, far)
+    assert torch.isfinite(grad).all()
 
 
 def _aligned_vs(tiny, method, make_other, **params):
