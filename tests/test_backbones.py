@@ -106,3 +106,17 @@ def test_dense_and_gathered_scores_agree_with_gradients():
     gg = torch.autograd.grad((gathered * w).sum(), (u, items))
     for a, b in zip(gd, gg):
         torch.testing.assert_close(a, b)
+
+
+def test_rows_of_equals_indexing_with_repeated_ids():
+    from kdbench.backbones.base import rows_of
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(9, 4, generator=g, requires_grad=True)
+    idx = torch.tensor([[3, 3, 0], [8, 3, 1]])   # repeated ids: their gradients must add up
+    w = torch.randn(2, 3, 4, generator=g)
+    got = rows_of(table, idx)
+    torch.testing.assert_close(got, table[idx])
+    g_got, = torch.autograd.grad((got * w).sum(), table)
+    g_want, = torch.autograd.grad((table[idx] * w).sum(), table)
+    torch.testing.assert_close(g_got, g_want)
+    assert g_got[[2, 4, 5, 6, 7]].abs().sum() == 0 and g_got[3].abs().sum() > 0
