@@ -77,9 +77,12 @@ def teacher_spec(cfg: dict, ds: Dataset, device: torch.device) -> dict:
             "device": device.type}
 
 
-def _teacher_info(key: str, manifest: dict) -> dict:
-    """What a record says of its teacher, from the cache manifest."""
-    return {"key": key, "metrics": manifest["metrics"], "valid_metrics": manifest["valid_metrics"],
+def _teacher_info(key: str, manifest: dict, eval_cfg: dict) -> dict:
+    """What a record says of its teacher, from the cache manifest. The cache key leaves the evaluation settings
+    out (they do not change a trained teacher), so the manifest's test metrics are quoted only when they were
+    computed with the record's own settings; the teacher cell's record always evaluates with them."""
+    same = manifest.get("eval") == eval_cfg
+    return {"key": key, "metrics": manifest["metrics"] if same else None, "valid_metrics": manifest["valid_metrics"],
             "best_epoch": manifest["best_epoch"]}
 
 
@@ -254,17 +257,16 @@ class GridRunner:
                     except Exception as exc:
                         self._failed_teachers[key] = f"teacher failed: {type(exc).__name__}: {exc}"
                         raise
-            t_info = _teacher_info(key, manifest)
-            self._teachers = {key: (Teacher(model, ds), t_info, manifest, test, cached)}  # one at a time: memory
-        teacher, t_info, *_ = self._teachers[key]
-        return teacher, t_info
+            self._teachers = {key: (Teacher(model, ds), manifest, test, cached)}  # one at a time: memory
+        teacher, manifest, *_ = self._teachers[key]
+        return teacher, _teacher_info(key, manifest, cfg["eval"])
 
     def teacher_info(self, ds: Dataset, cfg: dict) -> dict:
         """The teacher's info for a record that does not use the teacher (``student``): from the cache's manifest
         when it is there, never trained for it."""
         key = self.cache.key(teacher_spec(cfg, ds, self.device))
         try:
-            return _teacher_info(key, json.loads((self.cache.path(key) / "manifest.json").read_text()))
+            return _teacher_info(key, json.loads((self.cache.path(key) / "manifest.json").read_text()), cfg["eval"])
         except (OSError, ValueError):
             return {"key": key}
 
@@ -289,7 +291,7 @@ class GridRunner:
                     self._write(path, record, None, ds)
             self.log(f"{tag} {stem}: FAILED {type(exc).__name__}: {exc}")
             return "failed"
-        _, _, manifest, test, cached = self._teachers[t_info["key"]]
+        _, manifest, test, cached = self._teachers[t_info["key"]]
         with self._cell_lock(path) as held:  # the record, like a method cell's, is written by one process only
             if not held:
                 self.log(f"{tag} {stem}: written by another process, skipped")
@@ -297,7 +299,7 @@ class GridRunner:
             if self._skip(path, chash):
                 self.log(f"{tag} {stem}: done before, skipped")
                 return "skipped"
-            if test is None:
+            if test is None or manifest.get("eval") != cfg["eval"]:  # cached, or trained under other settings
                 test = evaluate_model(teacher.model, ds, "test",
                                       mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
             record = self._record(ds, tcfg, chash, t_info, test, manifest, status="ok")
@@ -314,7 +316,8 @@ class GridRunner:
         res = fit(model, ds, _role(cfg["teacher"]), _train_cfg(cfg), cfg["seed"], progress=self.progress,
                   desc=f"teacher {ds.name}/{cfg['backbone']}")
         test = evaluate_model(model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
-        manifest = {"key": key, "spec": spec, "metrics": test.means, "valid_metrics": res.best_valid,
+        manifest = {"key": key, "spec": spec, "metrics": test.means, "eval": cfg["eval"],
+                    "valid_metrics": res.best_valid,
                     "best_epoch": res.best_epoch, "epochs": res.epochs, "timing": res.timing,
                     "history": res.history, "started_at": started, "finished_at": _now(),
                     "environment": environment(self.device)}

@@ -4,8 +4,8 @@ Done naively this is a gather of B·K item rows (B·K·d floats through memory: 
 50 candidates of a 400-d teacher), a broadcast product, and in training a scatter of B·K gradient rows back into
 the table. As a sampled dense–dense product (SDDMM) at the sparsity pattern of the lists, each score is read
 straight from the two tables; the backward is one sparse × dense product per side (the item side through the
-pattern's CSR transpose, built with a stable int32 sort, instead of scattering row by row). The same numbers, 2–10x faster on CPU
-for the candidate lists of KD, RD, CD and RRD (see benchmarks/).
+pattern's CSR transpose, built with a stable int32 sort, instead of scattering row by row). The same numbers,
+2–10x faster on CPU for the candidate lists of KD, RD, CD and RRD (see benchmarks/).
 """
 from __future__ import annotations
 

@@ -374,3 +374,21 @@ def test_dotted_method_names_take_overrides():
     assert resolve_cell("citeulike", "bprmf", "freqd.nofilter", 0, "quick", over)["method"]["params"]["filter"] \
         == "quadratic"
     assert resolve_cell("citeulike", "bprmf", "freqd", 0, "quick", over)["method"]["params"]["alpha"] == 0.3
+
+
+def test_teacher_metrics_in_records_follow_the_records_eval_settings(tmp_path, tiny_folder):
+    """The cache key leaves evaluation out: a cached teacher's test metrics are quoted only under the settings
+    they were computed with, and the teacher cell re-evaluates with its own."""
+    args = ([str(tiny_folder)], ["bprmf"], ["kd"], [0], "quick", {"train.max_epochs": 2})
+    cache = tmp_path / "c"
+    GridRunner(tmp_path / "a", cache_dir=cache, quiet=True).run(*args)
+    unmasked = {**args[5], "eval.mask_valid_in_test": False}
+    GridRunner(tmp_path / "b", cache_dir=cache, quiet=True).run(*args[:5], unmasked)
+
+    def rec(out, method):
+        return json.loads((tmp_path / out / "cells" / f"tinyds__bprmf__{method}__seed0.json").read_text())
+
+    assert rec("a", "kd")["teacher"]["metrics"] == rec("a", "teacher")["metrics"]
+    assert rec("b", "kd")["teacher"]["metrics"] is None
+    assert rec("b", "teacher")["teacher_cache"]["hit"]
+    assert rec("b", "teacher")["metrics"] != rec("a", "teacher")["metrics"]   # valid items now compete at test
