@@ -191,6 +191,24 @@ def resolve_cell(dataset: str, backbone: str, method: str, seed: int, profile: s
             "method": {"name": method, "params": params}, "seed": seed}
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def protocol_text(cfg: dict) -> str:
+    """The protocol a cell ran under, for records and table footnotes: its profile's note, plus every teacher,
+    student, training, evaluation or data setting that an override moved away from that profile."""
+    profile = cfg["train"]["profile"]
+    base = resolve_cell(cfg["dataset"], cfg["backbone"], "student", cfg["seed"], profile, {})  # any method
+    changed = [f"{section}.{key}={value}" for section in ("teacher", "student", "train", "eval", "data")
+               if section in cfg   # a teacher cell has no student
+               for key, value in _flat(cfg[section]).items() if _flat(base[section]).get(key) != value]
+    return PROFILE_NOTES[profile] + (f"; overridden: {', '.join(changed)}" if changed else "")
+
+
 def check_overrides(overrides: dict[str, Any], backbones: list[str], methods: list[str]) -> None:
     """Keys that would apply to no cell of the run are errors (a typo must not be silently ignored)."""
     for key in overrides:

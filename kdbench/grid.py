@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 from . import __version__
 from .allocator import reset_peak_memory
 from .backbones import BACKBONES
-from .config import PROFILE_NOTES, check_overrides, resolve_cell, resolve_data
+from .config import check_overrides, protocol_text, resolve_cell, resolve_data
 from .datasets import Dataset, load_dataset
 from .evaluate import EvalResult, evaluate, evaluate_model
 from .leaderboard import write_tables
@@ -405,7 +405,7 @@ class GridRunner:
         info = info or {}
         return {"schema": SCHEMA, "dataset": ds.describe(), "backbone": cfg["backbone"],
                 "method": cfg["method"]["name"], "seed": cfg["seed"], "profile": cfg["train"]["profile"],
-                "protocol": PROFILE_NOTES[cfg["train"]["profile"]],
+                "protocol": protocol_text(cfg),
                 "config": cfg, "config_hash": chash,
                 "teacher": {k: v for k, v in t_info.items() if k != "error"},
                 "metrics": test.means if test is not None else None,

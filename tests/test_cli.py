@@ -199,4 +199,7 @@ def test_records_name_their_protocol(run_dir):
     from kdbench.config import PROFILE_NOTES
     for path in (run_dir / "cells").glob("*.json"):
         rec = json.loads(path.read_text())
-        assert rec["protocol"] == PROFILE_NOTES[rec["profile"]]
+        # the profile's note, then what QUICK's overrides changed (a footnote must not claim the plain profile)
+        assert rec["protocol"].startswith(PROFILE_NOTES[rec["profile"]] + "; overridden: ")
+        assert "train.max_epochs=3" in rec["protocol"] and "teacher.dim=16" in rec["protocol"]
+        assert "student.lr" not in rec["protocol"]                 # settings left alone are not listed
