@@ -163,8 +163,8 @@ def cmd_list(args) -> int:
                 cls = DISTILLERS.get(name)
                 defaults = ", ".join(f"{k}={v!r}" for k, v in cls.default_params("bprmf").items())
                 print(f"  {name:16s} {cls.description}\n  {'':16s} defaults: {defaults}")
-                for bb, over in cls.backbone_defaults.items():
-                    print(f"  {'':16s} on {bb}: {over}")
+                for where, over in {**cls.backbone_defaults, **cls.dataset_defaults}.items():
+                    print(f"  {'':16s} on {where}: {over}")
         elif kind == "backbones":
             for name in BACKBONES.list():
                 cls = BACKBONES.get(name)

@@ -157,7 +157,7 @@ def resolve_cell(dataset: str, backbone: str, method: str, seed: int, profile: s
     train = {**dataclasses.asdict(TrainConfig()), **PROFILES[profile]}
     data = dataclasses.asdict(resolve_data(overrides))
     evalc = dataclasses.asdict(EvalConfig())
-    params = m_cls.default_params(backbone)
+    params = m_cls.default_params(backbone, dataset)
     bb_fields = _fields(bb_cls.Config)
     for key, value in overrides.items():
         section, _, name = key.rpartition(".")   # method names may hold dots (freqd.nofilter), keys never do

@@ -203,3 +203,20 @@ def test_records_name_their_protocol(run_dir):
         assert rec["protocol"].startswith(PROFILE_NOTES[rec["profile"]] + "; overridden: ")
         assert "train.max_epochs=3" in rec["protocol"] and "teacher.dim=16" in rec["protocol"]
         assert "student.lr" not in rec["protocol"]                 # settings left alone are not listed
+
+
+def test_dataset_defaults_follow_the_spec_per_dataset_and_yield_to_overrides(tiny_folder):
+    from kdbench.config import resolve_cell
+
+    def params(dataset, backbone, method, overrides=None):
+        return resolve_cell(dataset, backbone, method, 0, "paper", overrides or {})["method"]["params"]
+
+    assert (params("citeulike", "bprmf", "de")["num_experts"], params("gowalla", "bprmf", "de")["num_experts"],
+            params("gowalla", "lightgcn", "de")["num_experts"], params("citeulike", "lightgcn", "de")["num_experts"]
+            ) == (30, 5, 10, 20)
+    assert params("yelp2018", "bprmf", "rrd")["temperature"] == 100
+    assert params("citeulike", "bprmf", "rrd")["temperature"] == 10
+    assert params("gowalla", "bprmf", "htd")["alpha"] == 0.5 and params("yelp2018", "bprmf", "htd")["alpha"] == 0.9
+    assert params("gowalla", "bprmf", "de+rrd")["de_num_experts"] == 5                      # composites too
+    assert params(str(tiny_folder), "bprmf", "de")["num_experts"] == 30                   # a folder: generic defaults
+    assert params("gowalla", "bprmf", "de", {"de.num_experts": 7})["num_experts"] == 7     # --set still wins

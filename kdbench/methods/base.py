@@ -42,6 +42,8 @@ class Distiller(nn.Module):
     needs_teacher: ClassVar[bool] = True
     #: per-backbone defaults that differ from ``Config``'s (the spec's tables), e.g. {"lightgcn": {"tau": 10}}
     backbone_defaults: ClassVar[dict[str, dict]] = {}
+    #: per dataset-and-backbone defaults over those, keyed "dataset/backbone" (e.g. KDs' Gowalla configs)
+    dataset_defaults: ClassVar[dict[str, dict]] = {}
     #: defaults of a registered variant (``name.tag``), applied over the backbone defaults
     variant_defaults: ClassVar[dict] = {}
 
@@ -53,9 +55,10 @@ class Distiller(nn.Module):
         object.__setattr__(self, "data", data)
 
     @classmethod
-    def default_params(cls, backbone: str) -> dict:
+    def default_params(cls, backbone: str, dataset: str | None = None) -> dict:
         base = dataclasses.asdict(cls.Config())
-        return {**base, **cls.backbone_defaults.get(backbone, {}), **cls.variant_defaults}
+        return {**base, **cls.backbone_defaults.get(backbone, {}),
+                **cls.dataset_defaults.get(f"{dataset}/{backbone}", {}), **cls.variant_defaults}
 
     def teacher_parameters(self):
         return self.teacher.parameters() if self.teacher is not None else iter(())

@@ -33,10 +33,11 @@ class Composite(Distiller):
             self.members.append(cls(teacher, student, data, cls.Config(**own)))
 
     @classmethod
-    def default_params(cls, backbone: str) -> dict:
+    def default_params(cls, backbone: str, dataset: str | None = None) -> dict:
         out = {"weight": 1.0}
         for part in cls.parts:
-            out.update({_prefix(part) + k: v for k, v in DISTILLERS.get(part).default_params(backbone).items()})
+            out.update({_prefix(part) + k: v
+                        for k, v in DISTILLERS.get(part).default_params(backbone, dataset).items()})
         return out
 
     def precompute(self) -> None:

@@ -50,6 +50,9 @@ class DEConfig(DistillerConfig):
 class DE(GumbelExpertDistiller):
     description = "distillation experts: Gumbel-selected MLP experts (gate on the teacher) regress the teacher repr"
     Config = DEConfig
+    # KDs' configs per dataset (spec §4.3): BPR M 30/5/5, λ 0.05/0.005/0.005; LightGCN M 20/10/10, λ 0.005/0.5/0.5
+    dataset_defaults = {**{f"{d}/bprmf": {"num_experts": 5, "weight": 0.005} for d in ("gowalla", "yelp2018")},
+                        **{f"{d}/lightgcn": {"num_experts": 10, "weight": 0.5} for d in ("gowalla", "yelp2018")}}
     backbone_defaults = {"lightgcn": {"num_experts": 20, "weight": 0.005},
                          "simplex": {"num_experts": 10, "weight": 1.0, "kd_all_negatives": False}}
 

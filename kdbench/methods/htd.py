@@ -74,6 +74,7 @@ class HTD(GumbelExpertDistiller):
     description = "hierarchical topology distillation: within-group entity and group-entity cosine relations"
     Config = HTDConfig
     backbone_defaults = {"simplex": {"kd_all_negatives": False}}
+    dataset_defaults = {"gowalla/bprmf": {"alpha": 0.5}}     # KDs Gowalla-BPR config (spec §4.4)
 
     expert_count_field = "num_groups"
 

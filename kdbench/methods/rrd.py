@@ -68,6 +68,7 @@ class RRD(Distiller):
     description = "relaxed ranking KD: Plackett-Luce on sampled teacher top items above uninteresting ones"
     Config = RRDConfig
     backbone_defaults = {"lightgcn": {"k": 50, "l": 100, "weight": 0.01}}
+    dataset_defaults = {f"{d}/bprmf": {"temperature": 100.0, "weight": 0.005} for d in ("gowalla", "yelp2018")}
 
     def __init__(self, teacher, student, data, cfg):
         super().__init__(teacher, student, data, cfg)
