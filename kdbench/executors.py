@@ -73,6 +73,12 @@ def _check_workers(workers: int) -> None:
 
 
 class Executor(ABC):
+    #: True when workers take tasks strictly in the order given, one at a time: then teachers and method cells go
+    #: in one map (teachers first), and a worker that finds no teacher left to train starts on method cells of
+    #: teachers already trained instead of idling until the last teacher is done. Executors that start many tasks
+    #: at once (cluster job arrays) keep two phases, so that no job holds a slot while waiting on a teacher.
+    pulls_in_order: bool = False
+
     @abstractmethod
     def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
         """Run (tag, task) pairs; return one (stem, outcome) per task, in order."""
@@ -84,6 +90,8 @@ class Executor(ABC):
 class LocalExecutor(Executor):
     """``--workers N`` processes on this machine (joblib's loky backend); N = 1 runs in this process."""
 
+    pulls_in_order = True
+
     def __init__(self, workers: int = 1, threads: int | None = None):
         _check_workers(workers)
         self.workers = workers
@@ -94,7 +102,7 @@ class LocalExecutor(Executor):
             return [run_task(settings, tag, task, threads_per_worker(1) if self.workers > 1 else None)
                     for tag, task in tasks]
         from joblib import Parallel, delayed
-        return Parallel(n_jobs=self.workers, backend="loky")(
+        return Parallel(n_jobs=self.workers, backend="loky", batch_size=1)(
             delayed(run_task)(settings, tag, task, self.threads) for tag, task in tasks)
 
 

@@ -193,13 +193,15 @@ class GridRunner:
 
     def run(self, datasets, backbones, methods, seeds, profile="quick", overrides=None,
             executor=None) -> GridSummary:
-        """Run the grid: all teachers first, then every method cell, each phase through ``executor`` (a
-        ``kdbench.executors.Executor``; None = in this process, one cell after another)."""
+        """Run the grid: all teachers first, then every method cell (seed by seed), through ``executor`` (a
+        ``kdbench.executors.Executor``; None = in this process, one cell after another): in one map when its
+        workers take tasks in order, else in two phases."""
         teachers, cells = self.tasks(datasets, backbones, methods, seeds, profile, overrides)
         summary = GridSummary()
         n = len(teachers) + len(cells)
         numbered = [(f"[{i}/{n}]", t) for i, t in enumerate(teachers + cells, 1)]
-        phases = (numbered[:len(teachers)], numbered[len(teachers):])
+        one_map = executor is not None and executor.pulls_in_order
+        phases = (numbered,) if one_map else (numbered[:len(teachers)], numbered[len(teachers):])
         try:
             for phase in phases:
                 if executor is None:
@@ -263,10 +265,15 @@ class GridRunner:
 
     def teacher_info(self, ds: Dataset, cfg: dict) -> dict:
         """The teacher's info for a record that does not use the teacher (``student``): from the cache's manifest
-        when it is there, never trained for it."""
+        when it is there, never trained for it. A teacher that another worker is training is waited for (its lock),
+        so that the record still names its metrics."""
         key = self.cache.key(teacher_spec(cfg, ds, self.device))
+        locks = self.cache.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
         try:
-            return _teacher_info(key, json.loads((self.cache.path(key) / "manifest.json").read_text()), cfg["eval"])
+            with FileLock(str(locks / f"{key}.lock")):
+                manifest = json.loads((self.cache.path(key) / "manifest.json").read_text())
+            return _teacher_info(key, manifest, cfg["eval"])
         except (OSError, ValueError):
             return {"key": key}
 

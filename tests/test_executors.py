@@ -238,3 +238,26 @@ def test_peak_memory_is_reset_between_cells():
     before = peak_rss_mb()
     reset_peak_memory()
     assert peak_rss_mb() < before - 300
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_executors_that_pull_in_order_get_teachers_and_cells_in_one_map(tmp_path, tinyds, in_order):
+    """One map (teachers first, then cells seed by seed) lets a free worker start cells of trained teachers while
+    another teacher trains; executors that start everything at once keep two phases."""
+    from kdbench.executors import Executor, run_task
+    from kdbench.grid import GridRunner
+
+    class Recording(Executor):
+        pulls_in_order = in_order
+        calls = []
+
+        def map(self, settings, tasks):
+            self.calls.append([task.kind for _, task in tasks])
+            return [run_task(settings, tag, task) for tag, task in tasks]
+
+    ex = Recording()
+    summary = GridRunner(tmp_path / "o", cache_dir=tmp_path / "c", quiet=True).run(
+        [str(tinyds)], ["bprmf"], ["student", "kd"], [0, 1], "quick", {"train.max_epochs": 2}, executor=ex)
+    assert not summary.failed and len(summary.ok) == 6
+    kinds = ["teacher"] * 2 + ["method"] * 4
+    assert ex.calls == ([kinds] if in_order else [kinds[:2], kinds[2:]])
