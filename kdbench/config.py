@@ -203,9 +203,11 @@ def protocol_text(cfg: dict) -> str:
     student, training, evaluation or data setting that an override moved away from that profile."""
     profile = cfg["train"]["profile"]
     base = resolve_cell(cfg["dataset"], cfg["backbone"], "student", cfg["seed"], profile, {})  # any method
-    changed = [f"{section}.{key}={value}" for section in ("teacher", "student", "train", "eval", "data")
-               if section in cfg   # a teacher cell has no student
-               for key, value in _flat(cfg[section]).items() if _flat(base[section]).get(key) != value]
+    changed = []
+    for section in ("teacher", "student", "train", "eval", "data"):
+        if section in cfg:   # a teacher cell has no student
+            default = _flat(base[section])
+            changed += [f"{section}.{k}={v}" for k, v in _flat(cfg[section]).items() if default.get(k) != v]
     return PROFILE_NOTES[profile] + (f"; overridden: {', '.join(changed)}" if changed else "")
 
 

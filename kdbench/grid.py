@@ -247,9 +247,7 @@ class GridRunner:
             raise RuntimeError(self._failed_teachers[key])
         if key not in self._teachers:
             model = _build(ds, cfg["backbone"], cfg["teacher"], cfg["seed"], self.device)
-            locks = self.cache.root / "locks"  # beside the cache, which several output directories may share
-            locks.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(locks / f"{key}.lock")):
+            with self._teacher_lock(key):
                 manifest, test = self.cache.load(key, model), None
                 cached = manifest is not None
                 if not cached:
@@ -263,15 +261,18 @@ class GridRunner:
         teacher, manifest, *_ = self._teachers[key]
         return teacher, _teacher_info(key, manifest, cfg["eval"])
 
+    def _teacher_lock(self, key: str) -> FileLock:
+        locks = self.cache.root / "locks"  # beside the cache, which several output directories may share
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"{key}.lock"))
+
     def teacher_info(self, ds: Dataset, cfg: dict) -> dict:
         """The teacher's info for a record that does not use the teacher (``student``): from the cache's manifest
         when it is there, never trained for it. A teacher that another worker is training is waited for (its lock),
         so that the record still names its metrics."""
         key = self.cache.key(teacher_spec(cfg, ds, self.device))
-        locks = self.cache.root / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
         try:
-            with FileLock(str(locks / f"{key}.lock")):
+            with self._teacher_lock(key):
                 manifest = json.loads((self.cache.path(key) / "manifest.json").read_text())
             return _teacher_info(key, manifest, cfg["eval"])
         except (OSError, ValueError):
