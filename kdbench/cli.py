@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
     r.add_argument("--dry-run", action="store_true", help="print the planned cells and their state; train nothing")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-cell log lines")
+    r.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                   help="save a running teacher's or cell's training state this often, so that a killed run resumes "
+                   "mid-training (default 600; 0: every epoch); kept under the cache dir, removed when done")
     ex = r.add_argument_group("executors")
     ex.add_argument("--executor", choices=["local", "dask", "slurm"], help="where cells run (default: local)")
     ex.add_argument("--workers", type=int, help="parallel cells (local processes or dask workers; default 1); "
@@ -128,7 +131,8 @@ def cmd_run(args) -> int:
     runner = GridRunner(pick("out", "kdbench-out"), pick("data_root", None), pick("cache_dir", None),
                         pick("device", "cpu"), progress=not args.quiet and sys.stderr.isatty() and workers == 1,
                         quiet=args.quiet, rerun=args.rerun, imports=tuple(file_cfg.get("imports", []) + args.imports),
-                        check_device=pick("executor", "local") != "slurm")  # a login node may have no GPU
+                        check_device=pick("executor", "local") != "slurm",  # a login node may have no GPU
+                        checkpoint_every_s=pick("checkpoint_every", 600.0))
     if args.dry_run:
         from tabulate import tabulate
         rows = runner.dry_run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides)

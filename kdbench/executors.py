@@ -56,7 +56,8 @@ def _run_task(settings: RunnerSettings, tag: str, task: CellTask, threads: int |
             import_plugin_module(mod)
         _RUNNER.clear()
         _RUNNER[settings] = GridRunner(settings.out, settings.data_root, settings.cache_dir, settings.device,
-                                       quiet=settings.quiet, rerun=settings.rerun, imports=settings.imports)
+                                       quiet=settings.quiet, rerun=settings.rerun, imports=settings.imports,
+                                       checkpoint_every_s=settings.checkpoint_every_s)
     return _RUNNER[settings].execute(task, tag)
 
 

@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 from . import __version__
 from .allocator import reset_peak_memory
 from .backbones import BACKBONES
+from .checkpoint import TrainingCheckpoint, source_version
 from .config import check_overrides, protocol_text, resolve_cell, resolve_data
 from .datasets import Dataset, load_dataset
 from .evaluate import EvalResult, evaluate, evaluate_model
@@ -98,6 +99,7 @@ class CellTask:
     data_overrides: dict      # the ``data.*`` overrides the dataset is loaded with
     config: dict              # the resolved cell configuration
     stem: str                 # the cell's record name
+    dependents: tuple = ()    # a teacher's: (stem, config hash) of the cells of its group that need a teacher
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,13 @@ class RunnerSettings:
     rerun: bool = False
     quiet: bool = False
     imports: tuple = ()
+    checkpoint_every_s: float = 600.0
 
 
 class GridRunner:
     def __init__(self, out: str | Path, data_root=None, cache_dir=None, device: str = "cpu",
                  progress: bool = False, quiet: bool = False, rerun: bool = False, imports: tuple = (),
-                 check_device: bool = True):
+                 check_device: bool = True, checkpoint_every_s: float = 600.0):
         self.out = Path(out)
         self.data_root = data_root or os.environ.get("KDBENCH_DATA")
         self.cache = TeacherCache(cache_dir)
@@ -123,13 +126,15 @@ class GridRunner:
         self.settings = RunnerSettings(
             str(self.out.resolve()), str(Path(self.data_root).resolve()) if self.data_root else None,
             str(self.cache.root.resolve()), device, rerun, quiet,
-            tuple(str(Path(m).resolve()) if m.endswith(".py") or os.sep in m else m for m in imports))
+            tuple(str(Path(m).resolve()) if m.endswith(".py") or os.sep in m else m for m in imports),
+            checkpoint_every_s)
         self.device = torch.device(device)
         if check_device and self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
         self.progress = progress
         self.log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.rerun = rerun
+        self.checkpoint_every_s = checkpoint_every_s
         git_commit()  # read once now: the code that runs is the code at start, whatever is committed meanwhile
         self._datasets: dict[tuple, Dataset] = {}
         self._teachers: dict[str, tuple] = {}
@@ -180,15 +185,17 @@ class GridRunner:
         that any process can run."""
         overrides = overrides or {}
         data_over = {k: v for k, v in overrides.items() if k.startswith("data.")}
-        teachers, cells, seen = [], [], set()
+        groups: dict[tuple, tuple] = {}   # (dataset, backbone, seed) → (name, cfg, dependents)
+        cells = []
         for name, ds, cfg in self.plan(datasets, backbones, methods, seeds, profile, overrides):
-            group = (ds.name, cfg["backbone"], cfg["seed"])
-            if group not in seen:
-                seen.add(group)
-                teachers.append(CellTask("teacher", name, data_over, cfg,
-                                         cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])))
-            cells.append(CellTask("method", name, data_over, cfg,
-                                  cell_stem(ds.name, cfg["backbone"], cfg["method"]["name"], cfg["seed"])))
+            _, _, dependents = groups.setdefault((ds.name, cfg["backbone"], cfg["seed"]), (name, cfg, []))
+            stem = cell_stem(ds.name, cfg["backbone"], cfg["method"]["name"], cfg["seed"])
+            if DISTILLERS.get(cfg["method"]["name"]).needs_teacher:
+                dependents.append((stem, config_hash(cfg, ds)))
+            cells.append(CellTask("method", name, data_over, cfg, stem))
+        teachers = [CellTask("teacher", name, data_over, cfg, cell_stem(ds_name, backbone, "teacher", seed),
+                             tuple(dependents))
+                    for (ds_name, backbone, seed), (name, cfg, dependents) in groups.items()]
         return teachers, cells
 
     def run(self, datasets, backbones, methods, seeds, profile="quick", overrides=None,
@@ -220,7 +227,7 @@ class GridRunner:
         """Run one task here; returns (cell stem, outcome) with outcome one of ok/skipped/failed/busy."""
         ds = self.dataset(task.dataset, task.data_overrides)
         if task.kind == "teacher":
-            return task.stem, self._teacher_cell(ds, task.config, tag)
+            return task.stem, self._teacher_cell(ds, task.config, tag, task.dependents)
         return self._method_cell(ds, task.config, tag)
 
     def _skip(self, path: Path, chash: str) -> bool:
@@ -278,14 +285,26 @@ class GridRunner:
         except (OSError, ValueError):
             return {"key": key}
 
-    def _teacher_cell(self, ds: Dataset, cfg: dict, tag: str) -> str:
+    def _teacher_cell(self, ds: Dataset, cfg: dict, tag: str, dependents: tuple = ()) -> str:
         tcfg = {**{k: cfg[k] for k in ("dataset", "data", "backbone", "teacher", "train", "eval", "seed")},
                 "method": {"name": "teacher", "params": {}}}
         stem = cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"])
         path = self.out / "cells" / f"{stem}.json"
         chash = config_hash(tcfg, ds)
         if self._skip(path, chash):  # before loading anything: resuming a finished grid trains nothing
-            self.log(f"{tag} {stem}: done before, skipped")
+            key = self.cache.key(teacher_spec(cfg, ds, self.device))
+            todo = [s for s, h in dependents if not self._skip(self.out / "cells" / f"{s}.json", h)]
+            if todo and not (self.cache.path(key) / "manifest.json").exists():
+                # its record is done but the cache lost the teacher (or the training code changed): train it in
+                # this task, so that the cells after it find it, instead of one cell training it while the other
+                # workers' cells wait for its lock
+                self.log(f"{tag} {stem}: done before; training its teacher for {len(todo)} cells still to run")
+                try:
+                    self.teacher(ds, cfg, tag)
+                except Exception:  # each cell that needs it records the failure
+                    pass
+            else:
+                self.log(f"{tag} {stem}: done before, skipped")
             return "skipped"
         started = _now()
         try:
@@ -321,8 +340,9 @@ class GridRunner:
         self.log(f"{tag} {stem}: training teacher (d={cfg['teacher']['dim']}) ...")
         reset_peak_memory(self.device)
         started = _now()
+        ckpt = self._checkpoint(stem, {"teacher": key})
         res = fit(model, ds, _role(cfg["teacher"]), _train_cfg(cfg), cfg["seed"], progress=self.progress,
-                  desc=f"teacher {ds.name}/{cfg['backbone']}")
+                  desc=f"teacher {ds.name}/{cfg['backbone']}", checkpoint=ckpt)
         test = evaluate_model(model, ds, "test", mask_valid_in_test=cfg["eval"]["mask_valid_in_test"])
         manifest = {"key": key, "spec": spec, "metrics": test.means, "eval": cfg["eval"],
                     "valid_metrics": res.best_valid,
@@ -330,7 +350,14 @@ class GridRunner:
                     "history": res.history, "started_at": started, "finished_at": _now(),
                     "environment": environment(self.device)}
         self.cache.save(key, model, manifest)
+        ckpt.remove()
         return manifest, test
+
+    def _checkpoint(self, stem: str, identity: dict, *code) -> TrainingCheckpoint:
+        """Where a teacher or cell saves its training state: in the cache (never beside the records), named by the
+        cell and by everything its training depends on, so that a changed cell never resumes a stale state."""
+        ident = sha256_json({**identity, "device": self.device.type, "code": source_version(*code)})
+        return TrainingCheckpoint.under(self.cache.root, stem, ident, self.checkpoint_every_s)
 
     def _method_cell(self, ds: Dataset, cfg: dict, tag: str) -> tuple[str, str]:
         method = cfg["method"]["name"]
@@ -384,9 +411,10 @@ class GridRunner:
             student = _build(ds, cfg["backbone"], cfg["student"], cfg["seed"], self.device)
             distiller = cls(teacher, student, ds, cls.Config(**cfg["method"]["params"])).to(self.device)
             self.log(f"{tag} {stem}: training ...")
+            ckpt = self._checkpoint(stem, {"cell": chash, "teacher": t_info.get("key")}, cls)
             res = fit(student, ds, _role(cfg["student"]), _train_cfg(cfg), cfg["seed"], distiller,
                       weight=cfg["method"]["params"]["weight"], progress=self.progress,
-                      desc=f"{method} {ds.name}/{cfg['backbone']}")
+                      desc=f"{method} {ds.name}/{cfg['backbone']}", checkpoint=ckpt)
             student.eval()
             with torch.inference_mode():  # once, for the test metrics and the npz (`kdbench analyze freq`)
                 user_repr, item_repr = student.representations()
@@ -404,6 +432,7 @@ class GridRunner:
         record["method_origin"] = DISTILLERS.origin(method)
         reprs = tuple(r.detach().cpu().numpy() for r in (user_repr, item_repr))
         self._write(path, record, test, ds, reprs)
+        ckpt.remove()
         self.log(f"{tag} {stem}: ok ndcg@20={test.means['ndcg@20']:.4f} recall@20={test.means['recall@20']:.4f} "
                  f"epochs={res.epochs} epoch_s={res.timing['epoch_s']:.3f}")
         return "ok"

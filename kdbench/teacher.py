@@ -1,6 +1,7 @@
 """Trained teachers: an on-disk cache keyed by everything that determines them, and the frozen view distillers see."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,7 +22,9 @@ _TRAINING_CODE = ("train.py", "sampling.py", "graph.py", "evaluate.py", "backbon
                   "backbones/lightgcn.py", "backbones/simplex.py")
 
 
+@functools.lru_cache(maxsize=1)
 def training_code_version() -> str:
+    """Read once per process: the version of the code that runs, whatever is edited on disk meanwhile."""
     h = hashlib.sha256(__version__.encode())
     root = Path(__file__).parent
     for rel in _TRAINING_CODE:

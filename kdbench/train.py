@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .allocator import keep_freed_memory
 from .backbones import Backbone
+from .checkpoint import TrainingCheckpoint, generator_states, restore_generators
 from .datasets import Dataset
 from .evaluate import evaluate_model
 from .sampling import PairMembership, sample_excluding
@@ -81,8 +82,12 @@ def _sync(device: torch.device) -> None:
 
 
 def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed: int,
-        distiller=None, weight: float = 0.0, progress: bool = False, desc: str = "") -> TrainResult:
-    """Train ``model`` (and the distiller's own modules) in place; restore the best-validation weights."""
+        distiller=None, weight: float = 0.0, progress: bool = False, desc: str = "",
+        checkpoint: TrainingCheckpoint | None = None) -> TrainResult:
+    """Train ``model`` (and the distiller's own modules) in place; restore the best-validation weights.
+
+    With ``checkpoint``, the state at the end of an epoch is saved every ``checkpoint.every_s`` seconds, and a
+    saved state of the same identity is resumed: the run continues as if it had not stopped."""
     keep_freed_memory()
     device = model.user_emb.weight.device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -106,9 +111,28 @@ def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed
         timing["precompute_s"] = time.perf_counter() - t0
 
     best, best_epoch, best_state, best_valid, bad = -math.inf, 0, None, {}, 0
-    epoch_times, history = [], []
-    bar = tqdm(range(train.max_epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    epoch = 0
+    epoch_times, history, start, resumed, peak_before = [], [], 0, [], 0.0
+    saved = checkpoint.load(device) if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        if distiller is not None:
+            distiller.load_state_dict(saved["distiller"])
+            restore_generators(distiller, saved["distiller_generators"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"].cpu())
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
+        start, timing, epoch_times, history = saved["next_epoch"], saved["timing"], saved["epoch_times"], \
+            saved["history"]
+        best, best_epoch, best_state, best_valid, bad = (saved[k] for k in ("best", "best_epoch", "best_state",
+                                                                           "best_valid", "bad"))
+        resumed, peak_before = saved["resumed_at"] + [start], saved["peak_rss_mb"]
+        log.info("%s: resuming from the checkpoint at epoch %d", desc or "training", start)
+    last_save = time.monotonic()
+    bar = tqdm(range(start, train.max_epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+               initial=start, total=train.max_epochs)
+    epoch = start - 1
     for epoch in bar:
         model.train()
         _sync(device)
@@ -142,33 +166,47 @@ def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed
         losses = {k: float(v) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}: {losses}")
-        if (epoch + 1) % train.eval_every:
-            continue
-        t0 = time.perf_counter()
-        valid = evaluate_model(model, ds, "valid").means
-        timing["eval_s"] += time.perf_counter() - t0
-        timing["n_evals"] += 1
-        score = valid[train.early_stop]
-        history.append({"epoch": epoch, "losses": losses, "valid_" + train.early_stop: score,
-                        "epoch_s": epoch_times[-1]})
-        bar.set_postfix({train.early_stop: f"{score:.4f}", "best": f"{max(best, score):.4f}"})
-        if not progress and timing["n_evals"] % 10 == 0:  # long runs in the background still report progress
-            log.info("%s epoch %d: valid %s %.4f (best %.4f at epoch %d), %.2f s/epoch", desc, epoch + 1,
-                     train.early_stop, score, max(best, score), (epoch if score > best else best_epoch) + 1,
-                     epoch_times[-1])
-        if score > best:
-            best, best_epoch, best_valid, bad = score, epoch, valid, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-            if bad >= train.patience:
-                break
+        if (epoch + 1) % train.eval_every == 0:
+            t0 = time.perf_counter()
+            valid = evaluate_model(model, ds, "valid").means
+            timing["eval_s"] += time.perf_counter() - t0
+            timing["n_evals"] += 1
+            score = valid[train.early_stop]
+            history.append({"epoch": epoch, "losses": losses, "valid_" + train.early_stop: score,
+                            "epoch_s": epoch_times[-1]})
+            bar.set_postfix({train.early_stop: f"{score:.4f}", "best": f"{max(best, score):.4f}"})
+            if not progress and timing["n_evals"] % 10 == 0:  # long runs in the background still report progress
+                log.info("%s epoch %d: valid %s %.4f (best %.4f at epoch %d), %.2f s/epoch", desc, epoch + 1,
+                         train.early_stop, score, max(best, score), (epoch if score > best else best_epoch) + 1,
+                         epoch_times[-1])
+            if score > best:
+                best, best_epoch, best_valid, bad = score, epoch, valid, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+                if bad >= train.patience:
+                    break
+        if checkpoint is not None and epoch + 1 < train.max_epochs and \
+                time.monotonic() - last_save >= checkpoint.every_s:
+            checkpoint.save({
+                "next_epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "distiller": distiller.state_dict() if distiller is not None else {},
+                "distiller_generators": generator_states(distiller), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "timing": timing, "epoch_times": epoch_times, "history": history, "best": best,
+                "best_epoch": best_epoch, "best_state": best_state, "best_valid": best_valid, "bad": bad,
+                "resumed_at": resumed, "peak_rss_mb": max(peak_before, peak_rss_mb())})
+            last_save = time.monotonic()
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     timed = epoch_times[1:] if len(epoch_times) > 1 else epoch_times  # the first epoch is warm-up
     timing.update(epoch_s=statistics.median(timed) if timed else 0.0, train_s=sum(epoch_times),
-                  eval_s_per_pass=timing["eval_s"] / max(timing["n_evals"], 1), peak_rss_mb=peak_rss_mb())
+                  eval_s_per_pass=timing["eval_s"] / max(timing["n_evals"], 1),
+                  peak_rss_mb=max(peak_before, peak_rss_mb()))
+    if resumed:  # the run was split over processes: say where (precompute_s is the first process's)
+        timing["resumed_at_epochs"] = resumed
     if device.type == "cuda":
         timing["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return TrainResult(best_epoch + 1, epoch + 1, best_valid, history, timing)

@@ -347,6 +347,21 @@ def test_resuming_a_finished_grid_trains_nothing_even_without_the_teacher_cache(
     assert len(summary.skipped) == 3 and not summary.ok and not summary.failed
 
 
+def test_a_done_teacher_missing_from_the_cache_is_trained_by_its_own_task_when_cells_need_it(tmp_path, tiny_folder,
+                                                                                              capsys):
+    """After a code change (new cache key) or a lost cache, the teacher task trains the teacher before the cells
+    run, so that no worker's cell idles on another cell's teacher lock."""
+    args = ([str(tiny_folder)], ["bprmf"], ["student", "fitnet", "kd"], [0], "quick", {"train.max_epochs": 2})
+    GridRunner(tmp_path / "out", cache_dir=tmp_path / "c", quiet=False).run(*args)
+    (tmp_path / "out" / "cells" / "tinyds__bprmf__kd__seed0.json").unlink()
+    capsys.readouterr()
+    summary = GridRunner(tmp_path / "out", cache_dir=tmp_path / "c2", quiet=False).run(*args)
+    assert summary.ok == ["tinyds__bprmf__kd__seed0"] and len(summary.skipped) == 3
+    log = capsys.readouterr().err
+    first = log.index("tinyds__bprmf__teacher__seed0: done before; training its teacher for 1 cells still to run")
+    assert first < log.index("training teacher (d=") < log.index("tinyds__bprmf__kd__seed0: training ...")
+
+
 def test_a_task_that_fails_outside_its_cell_does_not_stop_the_map(tmp_path, tiny_folder):
     from kdbench.executors import run_task
     runner = GridRunner(tmp_path / "out", cache_dir=tmp_path / "c", quiet=True)

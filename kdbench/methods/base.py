@@ -7,6 +7,10 @@ Lifecycle, driven by :func:`kdbench.train.fit`:
 2. ``precompute()`` once before training (teacher top-K lists, filtered teacher features); timed as
    ``precompute_s``.
 3. ``on_epoch_start(epoch)`` before each epoch (resampling, temperature annealing); counted in the epoch time.
+   Random draws come from ``torch.Generator`` attributes created in ``__init__`` or ``precompute`` (on this
+   module or a submodule): mid-training checkpoints save and restore them by attribute name, so that a resumed
+   run draws what an uninterrupted one would. State carried from epoch to epoch must derive from ``epoch``, the
+   parameters or those generators.
 4. ``loss(out)`` on every batch: a dict of **unweighted** named KD terms (scalars with a grad_fn). The harness adds
    ``cfg.weight · Σ terms`` to the backbone's base loss.
 

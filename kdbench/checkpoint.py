@@ -1,0 +1,92 @@
+"""Mid-training checkpoints: a teacher or cell that is killed resumes from its last saved epoch, not from epoch 0.
+
+A cell's record is written only when it finishes, so without these a session that ends while a 2000-d teacher is
+in its fifth hour starts it over. :func:`kdbench.train.fit` saves everything the rest of the run depends on (weights,
+Adam's moments, the sampling generators, the global RNG, the early-stopping state, the history and timing) at the
+end of an epoch, at most every ``every_s`` seconds, and a rerun with the same identity continues bit for bit as if
+it had never stopped (on CPU; tested).
+
+Files live under the cache directory (``<cache>/checkpoints/<name>-<identity>.pt``, written to a temp name then
+``os.replace``d) because a 2000-d teacher's state is ~1 GB: they never belong next to the committed records. A
+checkpoint is removed when its teacher or cell finishes; one whose identity (the cell's config, its teacher and the
+code that trains it) no longer matches is ignored and overwritten.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    path: Path
+    identity: str                 # the run the state belongs to; a file saved under another identity is ignored
+    every_s: float = 600.0        # seconds between saves (0: after every epoch)
+
+    @classmethod
+    def under(cls, root: str | os.PathLike, name: str, identity: str, every_s: float) -> "TrainingCheckpoint":
+        return cls(Path(root) / "checkpoints" / f"{name}-{identity[:16]}.pt", identity, every_s)
+
+    def load(self, device: torch.device) -> dict | None:
+        """The saved state, or None when there is none for this identity (or the file is unreadable)."""
+        try:
+            state = torch.load(self.path, map_location=device, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError):
+            return None
+        return state if isinstance(state, dict) and state.get("identity") == self.identity else None
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        os.close(fd)
+        try:
+            torch.save({**state, "identity": self.identity}, tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def source_version(*objects) -> str:
+    """A hash of the kdbench package's Python sources and of the files defining ``objects`` (plugin methods live
+    outside the package): a checkpoint written by other code is not resumed. Each file is read once per process,
+    so that the version is that of the code running, whatever is edited on disk meanwhile."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.rglob("*.py")) + [Path(inspect.getsourcefile(o)) for o in objects]:
+        h.update(_file_hash(f.resolve()))
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _file_hash(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+def generator_states(module: nn.Module | None) -> dict[str, torch.Tensor]:
+    """The state of every ``torch.Generator`` held as an attribute of ``module`` or of its submodules (the sampling
+    streams of RRD, CD, DE, …), by dotted name."""
+    if module is None:
+        return {}
+    return {f"{name}.{attr}" if name else attr: value.get_state()
+            for name, sub in module.named_modules() for attr, value in vars(sub).items()
+            if isinstance(value, torch.Generator)}
+
+
+def restore_generators(module: nn.Module | None, states: dict[str, torch.Tensor]) -> None:
+    if module is None:
+        return
+    subs = dict(module.named_modules())
+    for dotted, state in states.items():
+        name, _, attr = dotted.rpartition(".")
+        getattr(subs[name], attr).set_state(state.cpu())

@@ -1,0 +1,108 @@
+"""Mid-training checkpoints: a run stopped after some epochs and resumed ends exactly where an uninterrupted run
+ends (weights, history, early stopping), in the training loop and through ``kdbench run`` killed with SIGKILL."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import make_distiller
+
+from kdbench.checkpoint import TrainingCheckpoint, generator_states
+from kdbench.train import RoleConfig, TrainConfig, fit
+
+TRAIN = TrainConfig(max_epochs=6, patience=100, eval_every=1)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _run(tiny, backbone, method, checkpoint=None, stop_at=None):
+    _, student, distiller = make_distiller(tiny, backbone, method)
+    if stop_at is not None:  # the process "dies" as epoch ``stop_at`` begins
+        start = distiller.on_epoch_start
+
+        def on_epoch_start(epoch):
+            if epoch == stop_at:
+                raise _Stopped
+            start(epoch)
+        distiller.on_epoch_start = on_epoch_start
+    res = fit(student, tiny, RoleConfig(dim=4, lr=1e-2, batch_size=64), TRAIN, 0, distiller, weight=0.5,
+              checkpoint=checkpoint)
+    return res, student, distiller
+
+
+# de+rrd: expert parameters, two sampling generators and an annealed temperature; cd: a per-epoch student ranking;
+# SimpleX: dropout draws from the global RNG
+@pytest.mark.parametrize("backbone,method", [("bprmf", "de+rrd"), ("simplex", "cd")])
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tiny, tmp_path, backbone, method):
+    ref, ref_student, ref_distiller = _run(tiny, backbone, method)
+
+    ckpt = TrainingCheckpoint(tmp_path / "c.pt", "cell-1", every_s=0)
+    with pytest.raises(_Stopped):
+        _run(tiny, backbone, method, ckpt, stop_at=3)
+    assert torch.load(ckpt.path, weights_only=True)["next_epoch"] == 3
+
+    res, student, distiller = _run(tiny, backbone, method, ckpt)
+    assert res.timing["resumed_at_epochs"] == [3] and "resumed_at_epochs" not in ref.timing
+    assert (res.best_epoch, res.epochs) == (ref.best_epoch, ref.epochs)
+    assert [h["losses"] for h in res.history] == [h["losses"] for h in ref.history]
+    assert len(res.history) == TRAIN.max_epochs
+    for (name, a), b in zip(student.state_dict().items(), ref_student.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(distiller.state_dict().items(), ref_distiller.state_dict().values()):
+        assert torch.equal(a, b), name
+    gens = generator_states(distiller)
+    assert gens and all(torch.equal(v, generator_states(ref_distiller)[k]) for k, v in gens.items())
+
+
+def test_a_checkpoint_of_another_identity_or_a_damaged_one_is_not_resumed(tiny, tmp_path):
+    ckpt = TrainingCheckpoint(tmp_path / "c.pt", "cell-1", every_s=0)
+    with pytest.raises(_Stopped):
+        _run(tiny, "bprmf", "fitnet", ckpt, stop_at=2)
+    assert ckpt.load(torch.device("cpu"))["next_epoch"] == 2
+    assert TrainingCheckpoint(ckpt.path, "cell-2").load(torch.device("cpu")) is None
+    res, *_ = _run(tiny, "bprmf", "fitnet", TrainingCheckpoint(ckpt.path, "cell-2", every_s=10 ** 6))
+    assert "resumed_at_epochs" not in res.timing and res.epochs == TRAIN.max_epochs
+
+    ckpt.path.write_bytes(ckpt.path.read_bytes()[:100])  # a write torn by a crash outside os.replace
+    assert ckpt.load(torch.device("cpu")) is None
+
+
+def _grid(tiny_folder, tmp_path, name, extra=()):
+    out, cache = tmp_path / name / "out", tmp_path / name / "cache"
+    cmd = [sys.executable, "-m", "kdbench", "run", "--datasets", str(tiny_folder), "--methods", "student",
+           "--out", str(out), "--cache-dir", str(cache), "--set", "train.max_epochs=150",
+           "--set", "train.patience=1000", "--set", "teacher.dim=16", "--set", "student.dim=4", "--quiet", *extra]
+    return cmd, out, cache
+
+
+def test_sigkill_mid_teacher_then_rerun_resumes_from_the_checkpoint(tmp_path, tiny_folder):
+    cmd, out, cache = _grid(tiny_folder, tmp_path, "killed", ["--checkpoint-every", "0"])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    try:
+        while not list((cache / "checkpoints").glob("*teacher*.pt")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the teacher finished before a checkpoint was seen"
+            time.sleep(0.01)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert not (out / "cells" / "tinyds__bprmf__teacher__seed0.json").exists(), "killed too late"
+
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    ref_cmd, ref_out, _ = _grid(tiny_folder, tmp_path, "reference")
+    assert subprocess.run(ref_cmd, capture_output=True, cwd=tmp_path, timeout=300).returncode == 0
+
+    for stem in ("tinyds__bprmf__teacher__seed0", "tinyds__bprmf__student__seed0"):
+        rec, ref = (json.loads((o / "cells" / f"{stem}.json").read_text()) for o in (out, ref_out))
+        assert rec["metrics"] == ref["metrics"] and rec["best_epoch"] == ref["best_epoch"], stem
+        assert [h["losses"] for h in rec["history"]] == [h["losses"] for h in ref["history"]], stem
+    teacher = json.loads((out / "cells" / "tinyds__bprmf__teacher__seed0.json").read_text())
+    assert 0 < teacher["timing"]["resumed_at_epochs"][0] < 150
+    assert not list((cache / "checkpoints").glob("*.pt")), "finished runs leave no checkpoint behind"
