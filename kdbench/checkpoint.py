@@ -35,13 +35,21 @@ class TrainingCheckpoint:
     def under(cls, root: str | os.PathLike, name: str, identity: str, every_s: float) -> "TrainingCheckpoint":
         return cls(Path(root) / "checkpoints" / f"{name}-{identity[:16]}.pt", identity, every_s)
 
-    def load(self, device: torch.device) -> dict | None:
-        """The saved state, or None when there is none for this identity (or the file is unreadable)."""
+    def load(self, device: torch.device | str, mmap: bool = False) -> dict | None:
+        """The saved state, or None when there is none for this identity (or the file is unreadable). With
+        ``mmap`` the tensors are mapped, not read: cheap for a look at the epoch."""
+        if not self.path.exists():
+            return None
         try:
-            state = torch.load(self.path, map_location=device, weights_only=True)
+            state = torch.load(self.path, map_location=device, weights_only=True, mmap=mmap)
         except (OSError, RuntimeError, EOFError, ValueError):
             return None
         return state if isinstance(state, dict) and state.get("identity") == self.identity else None
+
+    def saved_epoch(self) -> int | None:
+        """The epoch a rerun would resume at, or None."""
+        state = self.load("cpu", mmap=True)
+        return None if state is None else int(state["next_epoch"])
 
     def save(self, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

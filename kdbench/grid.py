@@ -168,14 +168,25 @@ class GridRunner:
         for _, ds, cfg in self.plan(datasets, backbones, methods, seeds, profile, overrides):
             stem = cell_stem(ds.name, cfg["backbone"], cfg["method"]["name"], cfg["seed"])
             rec = read_record(self.out / "cells" / f"{stem}.json")
+            chash = config_hash(cfg, ds)
+            key = self.cache.key(teacher_spec(cfg, ds, self.device))
             if rec is None:
                 state = "to run"
-            elif rec.get("config_hash") != config_hash(cfg, ds):
+            elif rec.get("config_hash") != chash:
                 state = "to run (config changed)"
             else:
                 state = "done" if rec.get("status") == "ok" else "failed before"
-            cached = (self.cache.path(self.cache.key(teacher_spec(cfg, ds, self.device))) / "manifest.json").exists()
-            rows.append({"cell": stem, "state": state, "teacher": "cached" if cached else "to train"})
+            if state != "done":
+                epoch = self._checkpoint(stem, {"cell": chash, "teacher": key},
+                                         DISTILLERS.get(cfg["method"]["name"])).saved_epoch()
+                state += f" (resumes at epoch {epoch})" if epoch is not None else ""
+            if (self.cache.path(key) / "manifest.json").exists():
+                teacher = "cached"
+            else:
+                epoch = self._checkpoint(cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"]),
+                                         {"teacher": key}).saved_epoch()
+                teacher = "to train" + (f" (resumes at epoch {epoch})" if epoch is not None else "")
+            rows.append({"cell": stem, "state": state, "teacher": teacher})
         return rows
 
     # -- running --------------------------------------------------------------------------------------------

@@ -93,6 +93,9 @@ def test_sigkill_mid_teacher_then_rerun_resumes_from_the_checkpoint(tmp_path, ti
     finally:
         proc.wait(timeout=60)
     assert not (out / "cells" / "tinyds__bprmf__teacher__seed0.json").exists(), "killed too late"
+    saved = torch.load(next((cache / "checkpoints").glob("*teacher*.pt")), weights_only=True)["next_epoch"]
+    plan = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert f"to train (resumes at epoch {saved})" in plan.stdout, plan.stdout + plan.stderr
 
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -104,5 +107,5 @@ def test_sigkill_mid_teacher_then_rerun_resumes_from_the_checkpoint(tmp_path, ti
         assert rec["metrics"] == ref["metrics"] and rec["best_epoch"] == ref["best_epoch"], stem
         assert [h["losses"] for h in rec["history"]] == [h["losses"] for h in ref["history"]], stem
     teacher = json.loads((out / "cells" / "tinyds__bprmf__teacher__seed0.json").read_text())
-    assert 0 < teacher["timing"]["resumed_at_epochs"][0] < 150
+    assert teacher["timing"]["resumed_at_epochs"] == [saved] and 0 < saved < 150
     assert not list((cache / "checkpoints").glob("*.pt")), "finished runs leave no checkpoint behind"
