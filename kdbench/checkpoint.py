@@ -47,9 +47,9 @@ class TrainingCheckpoint:
         return state if isinstance(state, dict) and state.get("identity") == self.identity else None
 
     def saved_epoch(self) -> int | None:
-        """The epoch a rerun would resume at, or None."""
+        """The epoch a rerun would resume at (from the ``run`` state that :func:`kdbench.train.fit` saves), or None."""
         state = self.load("cpu", mmap=True)
-        return None if state is None else int(state["next_epoch"])
+        return None if state is None else int(state["run"]["next_epoch"])
 
     def save(self, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class _RunState:
+    """What a run has done so far, beyond the weights, the optimiser and the generators (a checkpoint's rest)."""
+    timing: dict
+    next_epoch: int = 0
+    best: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None
+    best_valid: dict = field(default_factory=dict)
+    bad: int = 0                                        # evaluations since the best
+    epoch_times: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+    resumed_at: list = field(default_factory=list)      # epochs at which earlier processes' work was resumed
+    peak_rss_mb: float = 0.0                            # of the earlier processes
+
+
+def _save(ckpt: TrainingCheckpoint, run: _RunState, model, opt, distiller, gen: torch.Generator, device) -> None:
+    ckpt.save({"run": {**vars(run), "peak_rss_mb": max(run.peak_rss_mb, peak_rss_mb())},
+               "model": model.state_dict(), "optimizer": opt.state_dict(),
+               "distiller": distiller.state_dict() if distiller is not None else {},
+               "distiller_generators": generator_states(distiller), "generator": gen.get_state(),
+               "torch_rng": torch.get_rng_state(),
+               "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+
+
+def _resume(saved: dict, model, opt, distiller, gen: torch.Generator, device) -> _RunState:
+    model.load_state_dict(saved["model"])
+    if distiller is not None:
+        distiller.load_state_dict(saved["distiller"])
+        restore_generators(distiller, saved["distiller_generators"])
+    opt.load_state_dict(saved["optimizer"])
+    gen.set_state(saved["generator"].cpu())
+    torch.set_rng_state(saved["torch_rng"].cpu())
+    if device.type == "cuda" and saved["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
+    run = _RunState(**saved["run"])
+    run.resumed_at = run.resumed_at + [run.next_epoch]
+    return run
+
+
 def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed: int,
         distiller=None, weight: float = 0.0, progress: bool = False, desc: str = "",
         checkpoint: TrainingCheckpoint | None = None) -> TrainResult:
@@ -102,37 +142,21 @@ def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed
         params += own
     opt = make_adam(params, role)
 
-    timing = {"precompute_s": 0.0, "eval_s": 0.0, "n_evals": 0}
+    run = _RunState(timing={"precompute_s": 0.0, "eval_s": 0.0, "n_evals": 0})
     if distiller is not None:
         _sync(device)
         t0 = time.perf_counter()
         distiller.precompute()
         _sync(device)
-        timing["precompute_s"] = time.perf_counter() - t0
-
-    best, best_epoch, best_state, best_valid, bad = -math.inf, 0, None, {}, 0
-    epoch_times, history, start, resumed, peak_before = [], [], 0, [], 0.0
+        run.timing["precompute_s"] = time.perf_counter() - t0
     saved = checkpoint.load(device) if checkpoint is not None else None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        if distiller is not None:
-            distiller.load_state_dict(saved["distiller"])
-            restore_generators(distiller, saved["distiller_generators"])
-        opt.load_state_dict(saved["optimizer"])
-        gen.set_state(saved["generator"].cpu())
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        if device.type == "cuda" and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
-        start, timing, epoch_times, history = saved["next_epoch"], saved["timing"], saved["epoch_times"], \
-            saved["history"]
-        best, best_epoch, best_state, best_valid, bad = (saved[k] for k in ("best", "best_epoch", "best_state",
-                                                                           "best_valid", "bad"))
-        resumed, peak_before = saved["resumed_at"] + [start], saved["peak_rss_mb"]
-        log.info("%s: resuming from the checkpoint at epoch %d", desc or "training", start)
-    last_save = time.monotonic()
-    bar = tqdm(range(start, train.max_epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
-               initial=start, total=train.max_epochs)
-    epoch = start - 1
+    if saved is not None:  # precompute ran again above: it is deterministic, the generators are restored after it
+        run = _resume(saved, model, opt, distiller, gen, device)
+        log.info("%s: resuming from the checkpoint at epoch %d", desc or "training", run.next_epoch)
+    timing, last_save = run.timing, time.monotonic()
+    bar = tqdm(range(run.next_epoch, train.max_epochs), desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True, initial=run.next_epoch, total=train.max_epochs)
+    epoch = run.next_epoch - 1
     for epoch in bar:
         model.train()
         _sync(device)
@@ -162,7 +186,7 @@ def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
         _sync(device)
-        epoch_times.append(time.perf_counter() - t0)
+        run.epoch_times.append(time.perf_counter() - t0)
         losses = {k: float(v) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}: {losses}")
@@ -172,41 +196,34 @@ def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed
             timing["eval_s"] += time.perf_counter() - t0
             timing["n_evals"] += 1
             score = valid[train.early_stop]
-            history.append({"epoch": epoch, "losses": losses, "valid_" + train.early_stop: score,
-                            "epoch_s": epoch_times[-1]})
-            bar.set_postfix({train.early_stop: f"{score:.4f}", "best": f"{max(best, score):.4f}"})
+            run.history.append({"epoch": epoch, "losses": losses, "valid_" + train.early_stop: score,
+                                "epoch_s": run.epoch_times[-1]})
+            bar.set_postfix({train.early_stop: f"{score:.4f}", "best": f"{max(run.best, score):.4f}"})
             if not progress and timing["n_evals"] % 10 == 0:  # long runs in the background still report progress
                 log.info("%s epoch %d: valid %s %.4f (best %.4f at epoch %d), %.2f s/epoch", desc, epoch + 1,
-                         train.early_stop, score, max(best, score), (epoch if score > best else best_epoch) + 1,
-                         epoch_times[-1])
-            if score > best:
-                best, best_epoch, best_valid, bad = score, epoch, valid, 0
-                best_state = copy.deepcopy(model.state_dict())
+                         train.early_stop, score, max(run.best, score),
+                         (epoch if score > run.best else run.best_epoch) + 1, run.epoch_times[-1])
+            if score > run.best:
+                run.best, run.best_epoch, run.best_valid, run.bad = score, epoch, valid, 0
+                run.best_state = copy.deepcopy(model.state_dict())
             else:
-                bad += 1
-                if bad >= train.patience:
+                run.bad += 1
+                if run.bad >= train.patience:
                     break
-        if checkpoint is not None and epoch + 1 < train.max_epochs and \
+        run.next_epoch = epoch + 1
+        if checkpoint is not None and run.next_epoch < train.max_epochs and \
                 time.monotonic() - last_save >= checkpoint.every_s:
-            checkpoint.save({
-                "next_epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "distiller": distiller.state_dict() if distiller is not None else {},
-                "distiller_generators": generator_states(distiller), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "timing": timing, "epoch_times": epoch_times, "history": history, "best": best,
-                "best_epoch": best_epoch, "best_state": best_state, "best_valid": best_valid, "bad": bad,
-                "resumed_at": resumed, "peak_rss_mb": max(peak_before, peak_rss_mb())})
+            _save(checkpoint, run, model, opt, distiller, gen, device)
             last_save = time.monotonic()
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    timed = epoch_times[1:] if len(epoch_times) > 1 else epoch_times  # the first epoch is warm-up
-    timing.update(epoch_s=statistics.median(timed) if timed else 0.0, train_s=sum(epoch_times),
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    timed = run.epoch_times[1:] if len(run.epoch_times) > 1 else run.epoch_times  # the first epoch is warm-up
+    timing.update(epoch_s=statistics.median(timed) if timed else 0.0, train_s=sum(run.epoch_times),
                   eval_s_per_pass=timing["eval_s"] / max(timing["n_evals"], 1),
-                  peak_rss_mb=max(peak_before, peak_rss_mb()))
-    if resumed:  # the run was split over processes: say where (precompute_s is the first process's)
-        timing["resumed_at_epochs"] = resumed
+                  peak_rss_mb=max(run.peak_rss_mb, peak_rss_mb()))
+    if run.resumed_at:  # the run was split over processes: say where (precompute_s is the first process's)
+        timing["resumed_at_epochs"] = run.resumed_at
     if device.type == "cuda":
         timing["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return TrainResult(best_epoch + 1, epoch + 1, best_valid, history, timing)
+    return TrainResult(run.best_epoch + 1, epoch + 1, run.best_valid, run.history, timing)

@@ -44,7 +44,7 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tiny, tmp_pa
     ckpt = TrainingCheckpoint(tmp_path / "c.pt", "cell-1", every_s=0)
     with pytest.raises(_Stopped):
         _run(tiny, backbone, method, ckpt, stop_at=3)
-    assert torch.load(ckpt.path, weights_only=True)["next_epoch"] == 3
+    assert torch.load(ckpt.path, weights_only=True)["run"]["next_epoch"] == 3
 
     res, student, distiller = _run(tiny, backbone, method, ckpt)
     assert res.timing["resumed_at_epochs"] == [3] and "resumed_at_epochs" not in ref.timing
@@ -63,7 +63,7 @@ def test_a_checkpoint_of_another_identity_or_a_damaged_one_is_not_resumed(tiny, 
     ckpt = TrainingCheckpoint(tmp_path / "c.pt", "cell-1", every_s=0)
     with pytest.raises(_Stopped):
         _run(tiny, "bprmf", "fitnet", ckpt, stop_at=2)
-    assert ckpt.load(torch.device("cpu"))["next_epoch"] == 2
+    assert ckpt.load(torch.device("cpu"))["run"]["next_epoch"] == 2 == ckpt.saved_epoch()
     assert TrainingCheckpoint(ckpt.path, "cell-2").load(torch.device("cpu")) is None
     res, *_ = _run(tiny, "bprmf", "fitnet", TrainingCheckpoint(ckpt.path, "cell-2", every_s=10 ** 6))
     assert "resumed_at_epochs" not in res.timing and res.epochs == TRAIN.max_epochs
@@ -93,7 +93,7 @@ def test_sigkill_mid_teacher_then_rerun_resumes_from_the_checkpoint(tmp_path, ti
     finally:
         proc.wait(timeout=60)
     assert not (out / "cells" / "tinyds__bprmf__teacher__seed0.json").exists(), "killed too late"
-    saved = torch.load(next((cache / "checkpoints").glob("*teacher*.pt")), weights_only=True)["next_epoch"]
+    saved = torch.load(next((cache / "checkpoints").glob("*teacher*.pt")), weights_only=True)["run"]["next_epoch"]
     plan = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert f"to train (resumes at epoch {saved})" in plan.stdout, plan.stdout + plan.stderr
 
