@@ -299,6 +299,20 @@ def test_htd_parity_mask_and_group_term_match_explicit_formulas(tiny):
     assert len(groups) > 2 and 0 < keep.sum() < same.sum()   # the test exercises both mask conditions
 
 
+@pytest.mark.parametrize("masked", [True, False])
+def test_htd_masked_gram_loss_has_the_value_and_gradient_of_its_formula(masked):
+    from kdbench.methods.htd import _MaskedGramLoss
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(12, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    t = F.normalize(torch.randn(12, 6, dtype=torch.float64, generator=g), dim=-1)
+    c = t @ t.T
+    z = torch.randint(3, (12,), generator=g)
+    mask = (z[:, None] == z[None, :]) & (c > 0) if masked else None
+    ref = ((s @ s.T - c) ** 2 * (mask if masked else 1)).sum()
+    torch.testing.assert_close(_MaskedGramLoss.apply(s, c, mask), ref)
+    assert torch.autograd.gradcheck(lambda x: _MaskedGramLoss.apply(x, c, mask), (s,))
+
+
 # ---------------------------------------------------------------- determinism and training
 
 @pytest.mark.parametrize("method", ["de", "htd"])

@@ -116,9 +116,7 @@ class HTD(GumbelExpertDistiller):
             cos_t = t @ t.T
             if self.cfg.htd_mask == "parity":
                 mask = cos_t > 0 if mask is None else mask & (cos_t > 0)
-        diff = (s @ s.T - cos_t) ** 2
-        return diff.sum() if mask is None else torch.where(mask, diff, torch.zeros((), dtype=diff.dtype,
-                                                                                   device=diff.device)).sum()
+        return _MaskedGramLoss.apply(s, cos_t, mask)
 
     def group_level(self, s: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _, inv, counts = torch.unique(z, return_inverse=True, return_counts=True)
@@ -153,3 +151,26 @@ class HTD(GumbelExpertDistiller):
         if cfg.alpha < 1:
             terms["kd_ga"] = (1 - cfg.alpha) * (self.ga_loss("user", su, tu) + self.ga_loss("item", si, ti))
         return terms
+
+
+class _MaskedGramLoss(torch.autograd.Function):
+    """Σ_ab m_ab (⟨s_a, s_b⟩ − c_ab)² for a symmetric C and mask m (HTD's within-group, cos_t > 0 pairs), with the
+    gradient 4 R S, R = m ⊙ (S Sᵀ − C), written by hand.
+
+    Autograd builds S Sᵀ, then four more n_g × n_g temporaries (difference, square, masked copy, and their
+    gradients) and two products for the backward of S Sᵀ; here R is built in place and kept, and the backward is one
+    product. The blocks are memory-bound (d_s = 20), so the passes over them are what costs."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        r = (s @ s.T).sub_(c)
+        if mask is not None:
+            r.masked_fill_(~mask, 0)
+        ctx.save_for_backward(s, r)
+        flat = r.view(-1)
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        s, r = ctx.saved_tensors
+        return (r @ s).mul_(4 * g), None, None
