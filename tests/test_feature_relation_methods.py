@@ -99,7 +99,7 @@ def test_expert_bank_equals_a_loop_over_linear_experts():
 
     experts = _linear_experts(bank)
     s = torch.randn(n, d_s, requires_grad=True)
-    z = torch.softmax(torch.randn(n, M), 1)
+    z = torch.softmax(torch.randn(n, M), 1).requires_grad_()
     loop_all = torch.stack([e(s) for e in experts], 1)                      # [n, M, d_t]
     torch.testing.assert_close(bank(s), loop_all, rtol=1e-5, atol=1e-6)
     loop_mix = (loop_all * z[..., None]).sum(1)
@@ -107,13 +107,15 @@ def test_expert_bank_equals_a_loop_over_linear_experts():
     torch.testing.assert_close(mix, loop_mix, rtol=1e-5, atol=1e-6)
     # gradients too: w.r.t. the input and each expert's weights
     g = torch.randn(n, d_t)
-    gs_bank, = torch.autograd.grad((mix * g).sum(), s, retain_graph=True)
-    gs_loop, = torch.autograd.grad((loop_mix * g).sum(), s, retain_graph=True)
-    torch.testing.assert_close(gs_bank, gs_loop, rtol=1e-5, atol=1e-6)
+    for x in (s, z):
+        gx_bank, = torch.autograd.grad((mix * g).sum(), x, retain_graph=True)
+        gx_loop, = torch.autograd.grad((loop_mix * g).sum(), x, retain_graph=True)
+        torch.testing.assert_close(gx_bank, gx_loop, rtol=1e-5, atol=1e-6)
     (mix * g).sum().backward()
     (loop_mix * g).sum().backward()
     for m in range(M):
         torch.testing.assert_close(bank.w1.grad[m], experts[m][0].weight.grad.T, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bank.b1.grad[m], experts[m][0].bias.grad, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(bank.w2.grad[m], experts[m][2].weight.grad.T, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(bank.b2.grad[m], experts[m][2].bias.grad, rtol=1e-5, atol=1e-6)
 
