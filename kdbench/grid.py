@@ -312,8 +312,8 @@ class GridRunner:
                 self.log(f"{tag} {stem}: done before; training its teacher for {len(todo)} cells still to run")
                 try:
                     self.teacher(ds, cfg, tag)
-                except Exception:  # each cell that needs it records the failure
-                    pass
+                except Exception as exc:  # each cell that needs it records the failure too
+                    self.log(f"{tag} {stem}: its teacher FAILED: {type(exc).__name__}: {exc}")
             else:
                 self.log(f"{tag} {stem}: done before, skipped")
             return "skipped"
