@@ -325,25 +325,71 @@ def _teacher_key(rec: dict) -> str | None:
     return (rec.get("teacher") or {}).get("key")
 
 
-def student_representations(records: list[tuple[Path, dict]], ds: Dataset
+def _distils(rec: dict) -> bool:
+    """Whether the record's method learns from the teacher (``student`` does not; unknown plugins are assumed to)."""
+    from .methods import DISTILLERS
+
+    try:
+        return DISTILLERS.get(rec["method"]).needs_teacher
+    except KeyError:
+        return True
+
+
+def teacher_identities(records: list[tuple[Path, dict]], cache_dir=None) -> dict[str, str]:
+    """Teacher key → the sha256 of that teacher's cached weights, or the key itself when it is not in the cache.
+
+    The cache key includes the training code's version, so a code change that trains the very same weights (a
+    faster sparse product, say) gives the same teacher a new key: by weights, the students of both keys learned
+    from one teacher and are compared against it."""
+    import hashlib
+
+    import torch
+
+    from .teacher import TeacherCache
+
+    cache, out = TeacherCache(cache_dir), {}
+    for key in sorted({k for _, rec in records if (k := _teacher_key(rec))}):
+        try:
+            state = torch.load(cache.path(key) / "state.pt", map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError):
+            out[key] = key
+            continue
+        h = hashlib.sha256()
+        for name in sorted(state):
+            h.update(name.encode())
+            h.update(state[name].contiguous().numpy().tobytes())
+        out[key] = "weights:" + h.hexdigest()
+    return out
+
+
+def student_representations(records: list[tuple[Path, dict]], ds: Dataset, identities: dict[str, str] | None = None
                             ) -> tuple[str, dict, dict[str, np.ndarray]]:
     """(teacher key, a record with that key, {method: [S_U; S_I]}) for the students whose npz holds their final
-    representations; students distilled from another teacher than the majority's are left out."""
-    keys = Counter(_teacher_key(rec) for _, rec in records)
-    keys.pop(None, None)
-    if not keys:
+    representations; students distilled from another teacher than the majority's are left out. Teachers are told
+    apart by ``identities`` (key → identity, see :func:`teacher_identities`), by key when it is not given."""
+    identities = identities or {}
+
+    def ident(rec):
+        key = _teacher_key(rec)
+        return identities.get(key, key)
+
+    counts = Counter(ident(rec) for _, rec in records if _distils(rec)) or \
+        Counter(ident(rec) for _, rec in records)   # only teacher-free students: compare with their teacher
+    counts.pop(None, None)
+    if not counts:
         raise ValueError("the records name no teacher (teacher.key); was the grid run with a teacher?")
-    key = keys.most_common(1)[0][0]
-    students, key_rec = {}, None
+    best = counts.most_common(1)[0][0]
+    key_rec = next(rec for _, rec in records if ident(rec) == best)
+    key = _teacher_key(key_rec)
+    students = {}
     for path, rec in records:
-        if _teacher_key(rec) not in (None, key):  # None: a teacher-free method whose teacher failed; still comparable
+        if _distils(rec) and ident(rec) not in (None, best):  # None: its teacher failed; still comparable
             log.warning("%s: distilled from another teacher (%s) than the others (%s); skipped", path.name,
                         _teacher_key(rec), key)
             continue
         if rec["dataset"]["fingerprint"] != ds.fingerprint:
             raise ValueError(f"{path.name}: was run on other data (fingerprint {rec['dataset']['fingerprint'][:12]})"
                              f" than the other records ({ds.fingerprint[:12]})")
-        key_rec = key_rec or (rec if _teacher_key(rec) == key else None)
         npz = path.with_suffix(".npz")
         try:
             with np.load(npz) as z:
@@ -397,7 +443,7 @@ def analyze_freq(out, dataset: str, backbone: str, seed: int = 0, bands: str = "
     out = Path(out)
     records = matching_records(out, dataset, backbone, seed)
     ds = load_record_dataset(records[0][1], data_root)
-    key, key_rec, students = student_representations(records, ds)
+    key, key_rec, students = student_representations(records, ds, teacher_identities(records, cache_dir))
     teacher = teacher_representations(ds, key_rec, key, cache_dir)
     mode = resolve_mode(mode, ds.n_users, ds.n_items)
     if mode == "exact":

@@ -2,11 +2,13 @@
 eigendecomposition of L = I − Â on tiny graphs, the ridge map, and ``analyze_freq`` on a tiny grid."""
 import json
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 from kdbench.cli import main
 from kdbench.graph import normalized_adjacency
@@ -179,6 +181,37 @@ def test_analyze_freq_on_a_tiny_grid(tmp_path, tiny_folder, caplog):
     with caplog.at_level(logging.WARNING, logger="kdbench.spectrum"):
         df = pd.read_csv(analyze_freq(out, name, "bprmf", 0, cache_dir=cache)[0])
     assert set(df.method) == {"teacher", "student"} and "fitnet__seed0.npz: no user_repr" in caplog.text
+
+
+def test_analyze_freq_tells_teachers_apart_by_weights_not_by_key(tmp_path, tiny_folder, caplog):
+    """A code change gives an identical teacher a new cache key: its students still count as distilled from the
+    same teacher. A teacher with other weights does not; the teacher-free student is compared either way."""
+    out, cache = tmp_path / "out", tmp_path / "tcache"
+    methods = ["student", "fitnet", "kd", "freqd"]
+    GridRunner(out, cache_dir=cache, quiet=True).run([str(tiny_folder)], ["bprmf"], methods, [0], "quick",
+                                                     {"train.max_epochs": 2})
+    name = json.loads((out / "cells" / "tinyds__bprmf__student__seed0.json").read_text())["dataset"]["name"]
+    key = json.loads((out / "cells" / f"{name}__bprmf__kd__seed0.json").read_text())["teacher"]["key"]
+
+    def move(method, new_key):  # the cell as if run by code whose cache key for this teacher is new_key
+        path = out / "cells" / f"{name}__bprmf__{method}__seed0.json"
+        rec = json.loads(path.read_text())
+        rec["teacher"]["key"] = new_key
+        path.write_text(json.dumps(rec))
+
+    shutil.copytree(cache / "teachers" / key, cache / "teachers" / ("b" * 64))    # the same weights
+    move("fitnet", "b" * 64)
+    move("student", "c" * 64)                                                     # not even in the cache
+    with caplog.at_level(logging.WARNING, logger="kdbench.spectrum"):
+        df = pd.read_csv(analyze_freq(out, name, "bprmf", 0, cache_dir=cache)[0])
+    assert set(df.method) == {"teacher", "student", "fitnet", "kd", "freqd"} and "another teacher" not in caplog.text
+
+    state = torch.load(cache / "teachers" / ("b" * 64) / "state.pt", weights_only=True)
+    torch.save({k: v + 1 for k, v in state.items()}, cache / "teachers" / ("b" * 64) / "state.pt")
+    with caplog.at_level(logging.WARNING, logger="kdbench.spectrum"):
+        df = pd.read_csv(analyze_freq(out, name, "bprmf", 0, cache_dir=cache)[0])
+    assert set(df.method) == {"teacher", "student", "kd", "freqd"}
+    assert "fitnet__seed0.json: distilled from another" in caplog.text
 
 
 def test_analyze_freq_names_what_is_missing(tmp_path):
