@@ -2,6 +2,7 @@
 
     python benchmarks/run_benchmarks.py eval      # full ranking, Gowalla-sized, vs matmul+topk floor
     python benchmarks/run_benchmarks.py epochs    # epoch times: Gowalla students/teacher, CiteULike methods
+    python benchmarks/run_benchmarks.py checkpoint  # save/load time of a 2000-d teacher's training state
     python benchmarks/run_benchmarks.py all
     python benchmarks/run_benchmarks.py epochs --methods all --no-gowalla --cells citeulike/bprmf,citeulike/lightgcn
 
@@ -68,6 +69,42 @@ def bench_eval() -> dict:
     f, o = min(times["floor"]), min(times["kdbench"])
     return {"users": ds.n_users, "items": ds.n_items, "masked_train_valid": len(ds.train) + len(ds.valid),
             "floor_s": f, "eval_s": o, "ratio": o / f}
+
+
+def bench_checkpoint(dataset: str = "citeulike", backbone: str = "lightgcn", reps: int = 3) -> dict:
+    """What ``--checkpoint-every`` costs: one save and one load of a teacher's whole training state (weights, Adam's
+    two moments, the best-epoch weights) at the ``paper`` size, through the same code as ``fit``."""
+    import tempfile
+
+    from kdbench.backbones import BACKBONES
+    from kdbench.checkpoint import TrainingCheckpoint
+    from kdbench.config import resolve_cell
+    from kdbench.datasets import load_dataset
+    from kdbench.train import RoleConfig, _RunState, _save, make_adam
+
+    ds = load_dataset(dataset, DATA)
+    t = resolve_cell(dataset, backbone, "student", 0, "paper", {})["teacher"]
+    bb = BACKBONES.get(backbone)
+    model = bb(ds, t["dim"], bb.Config(**t["backbone"]))
+    opt = make_adam(list(model.parameters()), RoleConfig(lr=1e-3))
+    users = torch.arange(64)
+    model.loss(model(users, users % ds.n_items, users[:, None] % ds.n_items)).backward()
+    opt.step()  # Adam's moments exist, as in any checkpoint after the first epoch
+    run = _RunState(timing={}, best_state={k: v.clone() for k, v in model.state_dict().items()})
+    gen = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = TrainingCheckpoint(Path(tmp) / "c.pt", "bench", 0)
+        saves, loads = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            _save(ckpt, run, model, opt, None, gen, torch.device("cpu"))
+            saves.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ckpt.load(torch.device("cpu"))
+            loads.append(time.perf_counter() - t0)
+        size = ckpt.path.stat().st_size
+    return {"cell": f"{dataset}/{backbone}", "teacher_dim": t["dim"], "size_mb": size / 2 ** 20,
+            "save_s": min(saves), "load_s": min(loads)}
 
 
 def count_entities(ds, batch_size: int, seed: int = 0) -> dict:
@@ -196,6 +233,10 @@ def report(results: dict, gflops: float) -> str:
         e = results["eval"]
         lines += [f"full ranking {e['users']}×{e['items']} d=20 (train+valid masked): {e['eval_s']:.2f} s; "
                   f"floor (matmul + top-50) {e['floor_s']:.2f} s; ratio {e['ratio']:.2f}× (target ≤ 1.5×)", ""]
+    if "checkpoint" in results:
+        c = results["checkpoint"]
+        lines += [f"training checkpoint of the {c['cell']} {c['teacher_dim']}-d teacher (weights, Adam moments, best "
+                  f"weights): {c['size_mb']:.0f} MB, save {c['save_s']:.2f} s, load {c['load_s']:.2f} s", ""]
     if "epochs" in results:
         # throughput over the whole epoch (the student's own training included) and over the time the method adds
         lines.append("| dataset | run | epoch_s | overhead_x | precompute_s | peak_rss_mb | GFLOP/epoch | GFLOP/s | "
@@ -230,7 +271,7 @@ def main() -> None:
         print(json.dumps(one_epoch_run(dataset, backbone, method, role, int(epochs), profile, set_)))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["eval", "epochs", "all"])
+    p.add_argument("what", choices=["eval", "epochs", "checkpoint", "all"])
     p.add_argument("--epochs", type=int, default=4, help="epochs per timing run (the first is warm-up)")
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--methods", default=",".join(FOUNDATION),
@@ -245,6 +286,8 @@ def main() -> None:
     PROFILE = args.profile
     results = {"profile": args.profile}
     gflops = matmul_gflops()
+    if args.what in ("checkpoint", "all"):
+        results["checkpoint"] = bench_checkpoint()
     if args.what in ("eval", "all"):
         results["eval"] = bench_eval()
     if args.what in ("epochs", "all"):
