@@ -6,7 +6,6 @@ as ``failed`` and the grid goes on.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -180,7 +179,7 @@ class GridRunner:
                 epoch = self._checkpoint(stem, {"cell": chash, "teacher": key},
                                          DISTILLERS.get(cfg["method"]["name"])).saved_epoch()
                 state += f" (resumes at epoch {epoch})" if epoch is not None else ""
-            if (self.cache.path(key) / "manifest.json").exists():
+            if self.cache.has(key):
                 teacher = "cached"
             else:
                 epoch = self._checkpoint(cell_stem(ds.name, cfg["backbone"], "teacher", cfg["seed"]),
@@ -291,7 +290,7 @@ class GridRunner:
         key = self.cache.key(teacher_spec(cfg, ds, self.device))
         try:
             with self._teacher_lock(key):
-                manifest = json.loads((self.cache.path(key) / "manifest.json").read_text())
+                manifest = self.cache.manifest(key)
             return _teacher_info(key, manifest, cfg["eval"])
         except (OSError, ValueError):
             return {"key": key}
@@ -305,7 +304,7 @@ class GridRunner:
         if self._skip(path, chash):  # before loading anything: resuming a finished grid trains nothing
             key = self.cache.key(teacher_spec(cfg, ds, self.device))
             todo = [s for s, h in dependents if not self._skip(self.out / "cells" / f"{s}.json", h)]
-            if todo and not (self.cache.path(key) / "manifest.json").exists():
+            if todo and not self.cache.has(key):
                 # its record is done but the cache lost the teacher (or the training code changed): train it in
                 # this task, so that the cells after it find it, instead of one cell training it while the other
                 # workers' cells wait for its lock

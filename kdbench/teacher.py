@@ -62,11 +62,31 @@ class TeacherCache:
     def path(self, key: str) -> Path:
         return self.root / "teachers" / key
 
+    def has(self, key: str) -> bool:
+        return (self.path(key) / "manifest.json").exists()
+
+    def manifest(self, key: str) -> dict:
+        """The cached teacher's manifest (raises OSError when it is not cached)."""
+        return json.loads((self.path(key) / "manifest.json").read_text())
+
+    def weights_digest(self, key: str) -> str | None:
+        """sha256 of the cached weights (names and bytes), or None when the teacher is not cached: two keys (from
+        code versions that train the same teacher) with one digest are one teacher."""
+        try:
+            state = torch.load(self.path(key) / "state.pt", map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError):
+            return None
+        h = hashlib.sha256()
+        for name in sorted(state):
+            h.update(name.encode())
+            h.update(state[name].contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def load(self, key: str, model: Backbone) -> dict | None:
         """Load the cached weights into ``model`` and return the manifest, or None on a miss."""
         d = self.path(key)
         try:
-            manifest = json.loads((d / "manifest.json").read_text())
+            manifest = self.manifest(key)
             state = torch.load(d / "state.pt", map_location=model.user_emb.weight.device, weights_only=True)
         except (OSError, ValueError, RuntimeError):
             return None
