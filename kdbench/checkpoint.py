@@ -76,6 +76,15 @@ def source_version(*objects) -> str:
     return h.hexdigest()[:16]
 
 
+def plugin_source_version(obj) -> str | None:
+    """The hash of the file defining ``obj`` when it lies outside the kdbench package (a backbone or method added
+    by a plugin), else None: kdbench's own files are versioned by whoever keys on them."""
+    path = Path(inspect.getsourcefile(obj)).resolve()
+    if path.is_relative_to(Path(__file__).parent.resolve()):
+        return None
+    return _file_hash(path).hex()[:16]
+
+
 @functools.lru_cache(maxsize=None)
 def _file_hash(path: Path) -> bytes:
     return hashlib.sha256(path.read_bytes()).digest()

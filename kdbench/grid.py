@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from . import __version__
 from .allocator import reset_peak_memory
 from .backbones import BACKBONES
-from .checkpoint import TrainingCheckpoint, source_version
+from .checkpoint import TrainingCheckpoint, plugin_source_version, source_version
 from .config import check_overrides, protocol_text, resolve_cell, resolve_data
 from .datasets import Dataset, load_dataset
 from .evaluate import EvalResult, evaluate, evaluate_model
@@ -71,10 +71,13 @@ def _build(ds: Dataset, backbone: str, role_cfg: dict, seed: int, device: torch.
 
 def teacher_spec(cfg: dict, ds: Dataset, device: torch.device) -> dict:
     """Everything that determines a trained teacher (the cache key's inputs; the device type too, since CPU and
-    CUDA generators draw different streams)."""
-    return {"dataset": ds.fingerprint, "data": cfg["data"], "backbone": cfg["backbone"], "teacher": cfg["teacher"],
+    CUDA generators draw different streams). A plugin backbone's own file is part of it: the cache versions only
+    kdbench's training code, and an edited plugin must not reuse the teacher its old code trained."""
+    spec = {"dataset": ds.fingerprint, "data": cfg["data"], "backbone": cfg["backbone"], "teacher": cfg["teacher"],
             "train": {k: v for k, v in cfg["train"].items() if k != "profile"}, "seed": cfg["seed"],
             "device": device.type}
+    plugin = plugin_source_version(BACKBONES.get(cfg["backbone"]))
+    return spec if plugin is None else {**spec, "backbone_code": plugin}
 
 
 def _teacher_info(key: str, manifest: dict, eval_cfg: dict) -> dict:

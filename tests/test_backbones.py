@@ -1,5 +1,6 @@
 """Backbones against their formulas, the negative sampler, and the teacher cache."""
 import dataclasses
+import hashlib
 
 import numpy as np
 import pytest
@@ -89,6 +90,34 @@ def test_teacher_cache_hit_and_miss(tiny, tmp_path):
     assert cache.load(key, fresh) == {"metrics": {"ndcg@20": 0.5}}
     torch.testing.assert_close(fresh.user_emb.weight, m.user_emb.weight)
     assert not list(cache.path(key).parent.glob(".*"))  # no temp directories left behind
+
+
+def test_plugin_backbone_source_is_part_of_the_teacher_key(tiny, tmp_path, monkeypatch):
+    """kdbench's own training code is versioned by the cache; a plugin backbone's file must be too, or an edited
+    plugin would reuse the teacher its old code trained. Built-in backbones keep their keys (no extra field)."""
+    from kdbench import checkpoint
+    from kdbench.config import resolve_cell
+    from kdbench.grid import teacher_spec
+
+    src = tmp_path / "kdbench_test_plugin_bb.py"
+    src.write_text("from kdbench.backbones import BACKBONES\nfrom kdbench.backbones.bprmf import BPRMF\n\n"
+                   "@BACKBONES.register('plugin_bb_key_test')\nclass PluginBB(BPRMF):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(BACKBONES, "_entries", dict(BACKBONES._entries))  # the registration ends with the test
+    __import__("kdbench_test_plugin_bb")
+    cpu = torch.device("cpu")
+
+    def spec(backbone):
+        return teacher_spec(resolve_cell(tiny.name, backbone, "student", 0, "quick", {}), tiny, cpu)
+
+    assert "backbone_code" not in spec("bprmf")
+    before = spec("plugin_bb_key_test")
+    assert before["backbone_code"] == hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    src.write_text(src.read_text() + "# edited\n")
+    checkpoint._file_hash.cache_clear()  # as a new process would read it
+    after = spec("plugin_bb_key_test")
+    assert after["backbone_code"] != before["backbone_code"]
+    assert TeacherCache.key(after) != TeacherCache.key(before)
 
 
 def test_dense_and_gathered_scores_agree_with_gradients():
