@@ -40,9 +40,9 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 
 def bench_eval() -> dict:
     """Full ranking of Gowalla's shape (29,858 users × 40,981 items, d = 20, train masked) vs the floor."""
-    from kdbench.allocator import keep_freed_memory
     from kdbench.datasets import load_dataset
     from kdbench.evaluate import CHUNK_BYTES, evaluate
+    from kdbench.runtime import keep_freed_memory
 
     keep_freed_memory()  # as in every kdbench process, where evaluation follows training (train.fit sets it)
 

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from .grid import GridRunner  # imports torch-heavy modules only when running
     from .leaderboard import render
+    from .runtime import flush_denormals
+
+    flush_denormals()  # before the first parallel op, so that the intra-op threads inherit it (train.fit sets it too)
 
     file_cfg = load_config_file(args.config) if args.config else {}
     for mod in file_cfg.get("imports", []) + args.imports:

@@ -18,6 +18,7 @@ import torch
 
 from .grid import CellTask, GridRunner, RunnerSettings
 from .registry import import_plugin_module
+from .runtime import flush_denormals
 
 EXECUTORS = ("local", "dask", "slurm")
 
@@ -46,6 +47,7 @@ def run_task(settings: RunnerSettings, tag: str, task: CellTask, threads: int | 
 
 
 def _run_task(settings: RunnerSettings, tag: str, task: CellTask, threads: int | None) -> tuple[str, str]:
+    flush_denormals()  # before this worker's first parallel op, so that its intra-op threads inherit it
     if threads:
         torch.set_num_threads(threads)
     if settings not in _RUNNER:  # one runner per worker process: its dataset and teacher stay loaded

@@ -20,7 +20,6 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import __version__
-from .allocator import reset_peak_memory
 from .backbones import BACKBONES
 from .checkpoint import TrainingCheckpoint, plugin_source_version, source_version
 from .config import check_overrides, protocol_text, resolve_cell, resolve_data
@@ -29,6 +28,7 @@ from .evaluate import EvalResult, evaluate, evaluate_model
 from .leaderboard import write_tables
 from .methods import DISTILLERS
 from .records import cell_stem, environment, git_commit, read_record, set_aside, write_eval_npz, write_json
+from .runtime import reset_peak_memory
 from .teacher import Teacher, TeacherCache, sha256_json
 from .train import RoleConfig, TrainConfig, fit
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .allocator import keep_freed_memory
 from .backbones import Backbone
 from .checkpoint import TrainingCheckpoint, generator_states, restore_generators
 from .datasets import Dataset
 from .evaluate import evaluate_model
+from .runtime import flush_denormals, keep_freed_memory
 from .sampling import PairMembership, sample_excluding
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed
     With ``checkpoint``, the state at the end of an epoch is saved every ``checkpoint.every_s`` seconds, and a
     saved state of the same identity is resumed: the run continues as if it had not stopped."""
     keep_freed_memory()
+    flush_denormals()
     device = model.user_emb.weight.device
     gen = torch.Generator(device=device).manual_seed(seed)
     pairs = torch.from_numpy(ds.train).to(device)

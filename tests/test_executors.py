@@ -227,7 +227,7 @@ def test_peak_memory_is_reset_between_cells():
     """A worker reused across cells must report each cell's own peak RSS."""
     import numpy as np
 
-    from kdbench.allocator import reset_peak_memory
+    from kdbench.runtime import reset_peak_memory
     from kdbench.train import peak_rss_mb
 
     if not Path("/proc/self/clear_refs").exists():
