@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -105,6 +106,59 @@ def bench_checkpoint(dataset: str = "citeulike", backbone: str = "lightgcn", rep
         size = ckpt.path.stat().st_size
     return {"cell": f"{dataset}/{backbone}", "teacher_dim": t["dim"], "size_mb": size / 2 ** 20,
             "save_s": min(saves), "load_s": min(loads)}
+
+
+def denormal_steps(method: str, flush: bool, fraction: float, steps: int = 6) -> dict:
+    """ms per training step (student BPR + the method's loss, forward and backward) of DE or HTD on CiteULike/BPRMF
+    (``cpu`` preset), with ``fraction`` of the expert weights moved into the denormal range, as the experts that
+    the annealed selection stops choosing end up after some 30 epochs of the grid; runs in its own process."""
+    from kdbench.backbones import BACKBONES
+    from kdbench.config import resolve_cell
+    from kdbench.datasets import load_dataset
+    from kdbench.methods import DISTILLERS
+    from kdbench.runtime import keep_freed_memory
+    from kdbench.sampling import PairMembership, sample_excluding
+    from kdbench.teacher import Teacher
+
+    keep_freed_memory()
+    torch.set_flush_denormal(flush)
+    ds = load_dataset("citeulike", DATA)
+    cfg = resolve_cell("citeulike", "bprmf", method, 0, "cpu", {})
+    bb = BACKBONES.get("bprmf")
+    teacher = Teacher(bb(ds, cfg["teacher"]["dim"], bb.Config()), ds)
+    student = bb(ds, cfg["student"]["dim"], bb.Config())
+    cls = DISTILLERS.get(method)
+    distiller = cls(teacher, student, ds, cls.Config(**cfg["method"]["params"]))
+    distiller.precompute()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for bank in (distiller.experts.user_experts, distiller.experts.item_experts):
+            for w in (bank.w1, bank.w2):
+                hit = torch.rand(w.shape, generator=g) < fraction  # magnitudes spread over 1e-44 .. 1e-39
+                w[hit] = torch.sign(w[hit]) * 10.0 ** -(39 + 5 * torch.rand(int(hit.sum()), generator=g))
+    pairs = torch.from_numpy(ds.train)
+    seen = PairMembership(pairs, ds.n_items)
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        batch = pairs[torch.randint(0, len(pairs), (cfg["student"]["batch_size"],), generator=g)]
+        out = student(batch[:, 0], batch[:, 1], sample_excluding(batch[:, 0], 1, ds.n_items, seen, g))
+        loss = student.loss(out) + cfg["method"]["params"]["weight"] * sum(distiller.loss(out).values())
+        loss.backward()
+        times.append(time.perf_counter() - t0)
+    return {"method": method, "flush": flush, "fraction": fraction, "ms_per_step": 1000 * statistics.median(times[1:])}
+
+
+def bench_denormals(fraction: float) -> list[dict]:
+    out = []
+    for method in ("de", "htd"):
+        for flush in (False, True):
+            res = subprocess.run([sys.executable, __file__, "_denormal", method, str(int(flush)), str(fraction)],
+                                 capture_output=True, text=True)
+            if res.returncode:
+                raise RuntimeError(res.stderr[-2000:])
+            out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return out
 
 
 def count_entities(ds, batch_size: int, seed: int = 0) -> dict:
@@ -237,6 +291,14 @@ def report(results: dict, gflops: float) -> str:
         c = results["checkpoint"]
         lines += [f"training checkpoint of the {c['cell']} {c['teacher_dim']}-d teacher (weights, Adam moments, best "
                   f"weights): {c['size_mb']:.0f} MB, save {c['save_s']:.2f} s, load {c['load_s']:.2f} s", ""]
+    if "denormals" in results:
+        d = {(r["method"], r["flush"]): r for r in results["denormals"]}
+        frac = results["denormals"][0]["fraction"]
+        for method in ("de", "htd"):
+            off, on = d[(method, False)]["ms_per_step"], d[(method, True)]["ms_per_step"]
+            lines.append(f"{method} step with {100 * frac:g}% of the expert weights denormal: {off:.0f} ms as is, "
+                         f"{on:.0f} ms flushed to zero ({off / on:.1f}×)")
+        lines.append("")
     if "epochs" in results:
         # throughput over the whole epoch (the student's own training included) and over the time the method adds
         lines.append("| dataset | run | epoch_s | overhead_x | precompute_s | peak_rss_mb | GFLOP/epoch | GFLOP/s | "
@@ -270,10 +332,15 @@ def main() -> None:
         dataset, backbone, method, role, epochs, profile, *set_ = sys.argv[2:]
         print(json.dumps(one_epoch_run(dataset, backbone, method, role, int(epochs), profile, set_)))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "_denormal":
+        print(json.dumps(denormal_steps(sys.argv[2], bool(int(sys.argv[3])), float(sys.argv[4]))))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["eval", "epochs", "checkpoint", "all"])
+    p.add_argument("what", choices=["eval", "epochs", "checkpoint", "denormals", "all"])
     p.add_argument("--epochs", type=int, default=4, help="epochs per timing run (the first is warm-up)")
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--denormal-fraction", type=float, default=0.01,
+                   help="denormals: share of the expert weights moved into the denormal range")
     p.add_argument("--methods", default=",".join(FOUNDATION),
                    help="CiteULike methods to time (comma list; 'baselines' = rd,cd,rrd,de,ftd,htd)")
     p.add_argument("--no-gowalla", action="store_true", help="skip the Gowalla student/teacher epochs")
@@ -290,6 +357,8 @@ def main() -> None:
         results["checkpoint"] = bench_checkpoint()
     if args.what in ("eval", "all"):
         results["eval"] = bench_eval()
+    if args.what in ("denormals", "all"):
+        results["denormals"] = bench_denormals(args.denormal_fraction)
     if args.what in ("epochs", "all"):
         methods = {"baselines": "rd,cd,rrd,de,ftd,htd",
                    "all": "kd,fitnet,freqd,freqd.nofilter,rd,cd,rrd,de,ftd,htd,de+rrd"}.get(args.methods, args.methods)
