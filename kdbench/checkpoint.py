@@ -67,22 +67,45 @@ class TrainingCheckpoint:
 
 
 def source_version(*objects) -> str:
-    """A hash of the kdbench package's Python sources and of the files defining ``objects`` (plugin methods live
+    """A hash of the kdbench package's Python sources and of the code defining ``objects`` (plugin methods live
     outside the package): a checkpoint written by other code is not resumed. Each file is read once per process,
     so that the version is that of the code running, whatever is edited on disk meanwhile."""
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.rglob("*.py")) + [Path(inspect.getsourcefile(o)) for o in objects]:
+    for f in sorted(Path(__file__).parent.rglob("*.py")):
         h.update(_file_hash(f.resolve()))
+    for o in objects:
+        h.update(_object_digest(o))
     return h.hexdigest()[:16]
 
 
 def plugin_source_version(obj) -> str | None:
-    """The hash of the file defining ``obj`` when it lies outside the kdbench package (a backbone or method added
+    """The hash of the code defining ``obj`` when it lies outside the kdbench package (a backbone or method added
     by a plugin), else None: kdbench's own files are versioned by whoever keys on them."""
-    path = Path(inspect.getsourcefile(obj)).resolve()
-    if path.is_relative_to(Path(__file__).parent.resolve()):
+    path = _source_file(obj)
+    if path is not None and path.is_relative_to(Path(__file__).parent.resolve()):
         return None
-    return _file_hash(path).hex()[:16]
+    return _object_digest(obj).hex()[:16]
+
+
+def _source_file(obj) -> Path | None:
+    try:
+        name = inspect.getsourcefile(obj)
+    except TypeError:  # defined where there is no file (a notebook cell, exec)
+        return None
+    return Path(name).resolve() if name and Path(name).exists() else None
+
+
+def _object_digest(obj) -> bytes:
+    """sha256 of the file defining ``obj``; without a file, of its source text (a notebook keeps it), and without
+    either, of its qualified name only (then an edit goes unnoticed: such code cannot be versioned)."""
+    path = _source_file(obj)
+    if path is not None:
+        return _file_hash(path)
+    try:
+        text = inspect.getsource(obj)
+    except (OSError, TypeError):
+        text = f"{obj.__module__}.{obj.__qualname__}"
+    return hashlib.sha256(text.encode()).digest()
 
 
 @functools.lru_cache(maxsize=None)

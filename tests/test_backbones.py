@@ -118,6 +118,10 @@ def test_plugin_backbone_source_is_part_of_the_teacher_key(tiny, tmp_path, monke
     after = spec("plugin_bb_key_test")
     assert after["backbone_code"] != before["backbone_code"]
     assert TeacherCache.key(after) != TeacherCache.key(before)
+    # a backbone defined where there is no file (a notebook cell, exec) still gets a key, not a crash
+    exec("from kdbench.backbones import BACKBONES\nfrom kdbench.backbones.bprmf import BPRMF\n"
+         "@BACKBONES.register('fileless_bb_key_test')\nclass FilelessBB(BPRMF):\n    pass\n", {})
+    assert len(spec("fileless_bb_key_test")["backbone_code"]) == 16
 
 
 def test_dense_and_gathered_scores_agree_with_gradients():
