@@ -108,6 +108,18 @@ def bench_checkpoint(dataset: str = "citeulike", backbone: str = "lightgcn", rep
             "save_s": min(saves), "load_s": min(loads)}
 
 
+def untrained_distiller(ds, cfg: dict, backbone: str, method: str, student):
+    """The method's distiller for ``student`` with an untrained teacher of the cell's size (timing only)."""
+    from kdbench.backbones import BACKBONES
+    from kdbench.methods import DISTILLERS
+    from kdbench.teacher import Teacher
+
+    bb, t = BACKBONES.get(backbone), cfg["teacher"]
+    teacher = Teacher(bb(ds, t["dim"], bb.Config(**t["backbone"])), ds)
+    cls = DISTILLERS.get(method)
+    return cls(teacher, student, ds, cls.Config(**cfg["method"]["params"]))
+
+
 def denormal_steps(method: str, flush: bool, fraction: float, steps: int = 6) -> dict:
     """ms per training step (student BPR + the method's loss, forward and backward) of DE or HTD on CiteULike/BPRMF
     (``cpu`` preset), with ``fraction`` of the expert weights moved into the denormal range, as the experts that
@@ -115,20 +127,16 @@ def denormal_steps(method: str, flush: bool, fraction: float, steps: int = 6) ->
     from kdbench.backbones import BACKBONES
     from kdbench.config import resolve_cell
     from kdbench.datasets import load_dataset
-    from kdbench.methods import DISTILLERS
     from kdbench.runtime import keep_freed_memory
     from kdbench.sampling import PairMembership, sample_excluding
-    from kdbench.teacher import Teacher
 
     keep_freed_memory()
     torch.set_flush_denormal(flush)
     ds = load_dataset("citeulike", DATA)
     cfg = resolve_cell("citeulike", "bprmf", method, 0, "cpu", {})
-    bb = BACKBONES.get("bprmf")
-    teacher = Teacher(bb(ds, cfg["teacher"]["dim"], bb.Config()), ds)
-    student = bb(ds, cfg["student"]["dim"], bb.Config())
-    cls = DISTILLERS.get(method)
-    distiller = cls(teacher, student, ds, cls.Config(**cfg["method"]["params"]))
+    bb, s = BACKBONES.get("bprmf"), cfg["student"]
+    student = bb(ds, s["dim"], bb.Config(**s["backbone"]))
+    distiller = untrained_distiller(ds, cfg, "bprmf", method, student)
     distiller.precompute()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -220,8 +228,6 @@ def one_epoch_run(dataset: str, backbone: str, method: str, role: str, epochs: i
     from kdbench.backbones import BACKBONES
     from kdbench.config import parse_set, resolve_cell
     from kdbench.datasets import load_dataset
-    from kdbench.methods import DISTILLERS
-    from kdbench.teacher import Teacher
     from kdbench.train import RoleConfig, TrainConfig, fit, peak_rss_mb
 
     ds = load_dataset(dataset, DATA)
@@ -233,10 +239,7 @@ def one_epoch_run(dataset: str, backbone: str, method: str, role: str, epochs: i
     model = bb(ds, rc["dim"], bb.Config(**rc["backbone"]))
     distiller = None
     if role == "student" and method != "student":
-        t = cfg["teacher"]
-        teacher = Teacher(bb(ds, t["dim"], bb.Config(**t["backbone"])), ds)  # untrained: timing only
-        cls = DISTILLERS.get(method)
-        distiller = cls(teacher, model, ds, cls.Config(**cfg["method"]["params"]))
+        distiller = untrained_distiller(ds, cfg, backbone, method, model)
     role_cfg = RoleConfig(**{k: v for k, v in rc.items() if k != "backbone"})
     res = fit(model, ds, role_cfg, train, 0, distiller, cfg["method"]["params"]["weight"])
     out = {"epoch_s": res.timing["epoch_s"], "precompute_s": res.timing["precompute_s"],

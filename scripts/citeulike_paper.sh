@@ -2,8 +2,9 @@
 # Issue #4's run: every built-in method on CiteULike with the spec's `paper` protocol (teachers of 400, 2000 and
 # 500 dimensions for BPRMF, LightGCN and SimpleX), seed 0, into results/citeulike-paper. Per backbone, the teacher
 # trains first with both cores (a one-worker run of the student and KD cells, whose teacher task trains it with two
-# threads unless both cells are done), then the other cells run two at a time. Killing it and running it again resumes: finished cells are skipped, and a teacher or cell
-# that was training resumes from its checkpoint (saved every 10 min under the cache dir).
+# threads unless both cells are done), then the other cells run two at a time. Killing it and running it again
+# resumes: finished cells are skipped, and a teacher or cell that was training resumes from its checkpoint (saved
+# every 10 min under the cache dir).
 #   nohup bash scripts/citeulike_paper.sh > citeulike-paper.log 2>&1 &
 set -u
 cd "$(dirname "$0")/.."
