@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--executor", choices=["local", "dask", "slurm"], help="where cells run (default: local)")
     ex.add_argument("--workers", type=int, help="parallel cells (local processes or dask workers; default 1); "
                     "each gets cores/workers threads")
+    ex.add_argument("--threads", type=int, help="intra-op (torch) threads per cell (default: cores/workers; "
+                    "--slurm-cpus on slurm); 1 when other work already keeps the cores busy")
     ex.add_argument("--scheduler", help="dask scheduler address (default: a local cluster of --workers)")
     ex.add_argument("--slurm-partition")
     ex.add_argument("--slurm-time", type=int, help="minutes per job (default 1440)")
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    import torch
+
     from .grid import GridRunner  # imports torch-heavy modules only when running
     from .leaderboard import render
     from .runtime import flush_denormals
@@ -142,11 +146,18 @@ def cmd_run(args) -> int:
         print(tabulate(rows, headers="keys", tablefmt="github"))
         return 0
     from .executors import make_executor
-    executor = make_executor(pick("executor", "local"), workers, pick("scheduler", None), runner.out,
+    threads = pick("threads", None)
+    executor = make_executor(pick("executor", "local"), workers, pick("scheduler", None), runner.out, threads,
                              partition=args.slurm_partition, time_min=args.slurm_time, gpus=args.slurm_gpus,
                              cpus=args.slurm_cpus, mem_gb=args.slurm_mem_gb,
                              array_parallelism=args.slurm_array_parallelism, cluster=args.slurm_cluster)
-    summary = runner.run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides, executor)
+    threads_before = torch.get_num_threads()
+    if executor is None and threads:  # cells run in this process
+        torch.set_num_threads(threads)
+    try:
+        summary = runner.run(datasets, backbones, methods, seeds, pick("profile", "quick"), overrides, executor)
+    finally:
+        torch.set_num_threads(threads_before)
     from .leaderboard import leaderboard, load_records, table_notes
     recs = load_records(runner.out)
     print(render(leaderboard(recs), "md", notes=table_notes(recs)))

@@ -89,7 +89,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 RUN_KEYS = {"datasets", "backbones", "methods", "seeds", "profile", "out", "data_root", "cache_dir", "device",
-            "set", "imports", "executor", "workers", "scheduler"}
+            "set", "imports", "executor", "workers", "threads", "scheduler", "checkpoint_every"}
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -75,6 +75,12 @@ def _check_workers(workers: int) -> None:
         raise ExecutorError(f"--workers {workers}: expected a positive number of worker processes")
 
 
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise ExecutorError(f"--threads {threads}: expected a positive number of threads per cell (or leave it out "
+                            "for cores/workers)")
+
+
 class Executor(ABC):
     #: True when workers take tasks strictly in the order given, one at a time: then teachers and method cells go
     #: in one map (teachers first), and a worker that finds no teacher left to train starts on method cells of
@@ -97,13 +103,14 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int = 1, threads: int | None = None):
         _check_workers(workers)
-        self.workers = workers
+        check_threads(threads)
+        self.workers, self.fixed_threads = workers, threads
         self.threads = threads or threads_per_worker(workers)
 
     def map(self, settings, tasks):
         if self.workers == 1 or len(tasks) <= 1:  # here, with every core (a lone teacher need not wait on 1 thread)
-            return [run_task(settings, tag, task, threads_per_worker(1) if self.workers > 1 else None)
-                    for tag, task in tasks]
+            lone = self.fixed_threads or (threads_per_worker(1) if self.workers > 1 else None)
+            return [run_task(settings, tag, task, lone) for tag, task in tasks]
         from joblib import Parallel, delayed
         return Parallel(n_jobs=self.workers, backend="loky", batch_size=1)(
             delayed(run_task)(settings, tag, task, self.threads) for tag, task in tasks)
@@ -120,6 +127,7 @@ class DaskExecutor(Executor):
             raise ExecutorError("--executor dask needs dask.distributed: pip install 'kdbench[dask]'") from None
         if not scheduler:
             _check_workers(workers)
+        check_threads(threads)
         self.scheduler, self.workers = scheduler, workers
         self.threads = threads or (None if scheduler else threads_per_worker(self.workers))
         self.client = self.cluster = None
@@ -152,7 +160,8 @@ class SlurmExecutor(Executor):
 
     def __init__(self, folder: str | Path, partition: str | None = None, time_min: int = 24 * 60, gpus: int = 0,
                  cpus: int = 2, mem_gb: int | None = None, array_parallelism: int | None = None,
-                 cluster: str | None = None):
+                 cluster: str | None = None, threads: int | None = None):
+        check_threads(threads)
         try:
             import submitit  # noqa: F401
         except ImportError:
@@ -161,7 +170,7 @@ class SlurmExecutor(Executor):
         self.params = {"timeout_min": time_min, "cpus_per_task": cpus, "gpus_per_node": gpus,
                        "slurm_partition": partition, "mem_gb": mem_gb,
                        "slurm_array_parallelism": array_parallelism}
-        self.threads = cpus
+        self.threads = threads or cpus
 
     def map(self, settings, tasks):
         import submitit
@@ -181,12 +190,15 @@ class SlurmExecutor(Executor):
 
 
 def make_executor(name: str, workers: int = 1, scheduler: str | None = None, out: str | Path = ".",
-                  **slurm) -> Executor | None:
-    """The executor for ``--executor NAME``; None = this process, one cell after another."""
+                  threads: int | None = None, **slurm) -> Executor | None:
+    """The executor for ``--executor NAME``; None = this process, one cell after another (with the threads the
+    caller set). ``threads``: intra-op threads per cell, default cores/workers (``--slurm-cpus`` for slurm)."""
+    check_threads(threads)
     if name == "local":
-        return None if workers == 1 else LocalExecutor(workers)
+        return None if workers == 1 else LocalExecutor(workers, threads)
     if name == "dask":
-        return DaskExecutor(scheduler, workers)
+        return DaskExecutor(scheduler, workers, threads)
     if name == "slurm":
-        return SlurmExecutor(Path(out) / "slurm", **{k: v for k, v in slurm.items() if v is not None})
+        return SlurmExecutor(Path(out) / "slurm", threads=threads,
+                             **{k: v for k, v in slurm.items() if v is not None})
     raise ExecutorError(f"--executor {name!r}: choose one of {', '.join(EXECUTORS)}")

@@ -99,6 +99,7 @@ def test_rerun_skips_done_cells_and_leaderboard_command(run_dir, tiny_folder, ca
     (["--set", "student.lr"], "expected KEY=VALUE"),
     (["--backbones", "lightgnc"], "did you mean 'lightgcn'"),
     (["--seeds", "a,b"], "expected comma-separated integers"),
+    (["--threads", "0"], "--threads 0: expected a positive number of threads"),
 ])
 def test_bad_requests_fail_before_training(tmp_path, tiny_folder, capsys, args, match):
     code = main(["run", "--datasets", str(tiny_folder), "--out", str(tmp_path / "o"), *QUICK, *args])
@@ -109,12 +110,14 @@ def test_bad_requests_fail_before_training(tmp_path, tiny_folder, capsys, args, 
 
 def test_config_file_and_set_precedence(tmp_path, tiny_folder):
     cfg = tmp_path / "run.toml"
-    cfg.write_text(f'datasets = ["{tiny_folder}"]\nmethods = ["student"]\n[set]\n"train.max_epochs" = 2\n'
-                   '"teacher.dim" = 8\n"student.dim" = 4\n')
+    cfg.write_text(f'datasets = ["{tiny_folder}"]\nmethods = ["student"]\nthreads = 1\ncheckpoint_every = 0\n'
+                   '[set]\n"train.max_epochs" = 2\n"teacher.dim" = 8\n"student.dim" = 4\n')
     out = tmp_path / "o"
-    assert main(["run", "--config", str(cfg), "--out", str(out), "--set", "train.max_epochs=1", "--quiet"]) == 0
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 "--set", "train.max_epochs=1", "--quiet"]) == 0
     rec = json.loads((out / "cells" / "tinyds__bprmf__student__seed0.json").read_text())
     assert rec["epochs"] == 1 and rec["config"]["student"]["dim"] == 4
+    assert rec["environment"]["threads"] == 1  # the file's run options apply, not only its [set] table
 
 
 def test_python_m_kdbench_list():

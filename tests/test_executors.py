@@ -108,6 +108,17 @@ def test_local_workers_match_the_sequential_run(tinyds, tmp_path, reference, cap
     assert _summary(capsys.readouterr().err) == {"run": 0, "skipped": 6, "busy": 0, "failed": 0}
 
 
+def test_threads_option_sets_each_cells_threads_and_changes_no_metric(tinyds, tmp_path, reference):
+    before = torch.get_num_threads()
+    assert _run(tinyds, tmp_path, SMALL, "--threads", "1") == 0
+    assert torch.get_num_threads() == before  # the in-process run restores the caller's setting
+    recs = _records(tmp_path / "out", SMALL_STEMS)
+    assert {r["environment"]["threads"] for r in recs.values()} == {1}
+    _assert_same_cells(recs, reference)
+    assert make_executor("local", workers=2, threads=1).threads == 1
+    assert make_executor("local", workers=2).threads == threads_per_worker(2)
+
+
 @pytest.mark.parametrize("workers", ["0", "-2"])
 def test_non_positive_workers_is_a_clear_error(tinyds, tmp_path, capsys, workers):
     assert _run(tinyds, tmp_path, SMALL, "--workers", workers) == 2
