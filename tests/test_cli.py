@@ -1,12 +1,15 @@
 """The CLI end to end on tiny data: the output contract, independent metric checks, resume, errors."""
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from kdbench.cli import main
 from kdbench.evaluate import METRICS
@@ -157,6 +160,36 @@ def test_same_cell_twice_gives_identical_metrics(tmp_path, tiny_folder, monkeypa
                      *QUICK]) == 0
         runs.append(pd.read_csv(out / "leaderboard.csv")[["method", *METRICS]])
     pd.testing.assert_frame_equal(runs[0], runs[1])
+
+
+# FreqD's projector gradients at the grid's shapes (200-d teacher, 20-d student, batch 2048): GEMMs that reduce over
+# thousands of rows, which MKL otherwise splits differently for one and for two threads
+_THREAD_COUNT_PROBE = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from helpers import make_batch, make_distiller
+from kdbench.datasets import load_dataset
+ds = load_dataset("synthetic")
+grads = []
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    teacher, student, d = make_distiller(ds, "bprmf", "freqd", t_dim=200, s_dim=20)
+    d.precompute()
+    loss = sum(d.loss(student(*make_batch(ds, student, n=2048))).values())
+    grads.append(torch.autograd.grad(loss, [p for p in d.parameters() if p.requires_grad]))
+print(all(torch.equal(a, b) for a, b in zip(*grads)))
+"""
+
+
+def test_mkl_strict_mode_makes_gradients_independent_of_the_thread_count():
+    """The README's advice for numbers that do not depend on the thread count (``MKL_CBWR=AUTO,STRICT``) holds:
+    FreqD's gradients are bit-identical at one and two threads."""
+    if not torch.backends.mkl.is_available():
+        pytest.skip("torch is not built with MKL")
+    res = subprocess.run([sys.executable, "-c", _THREAD_COUNT_PROBE, str(Path(__file__).parent)], text=True,
+                         capture_output=True, env={**os.environ, "MKL_CBWR": "AUTO,STRICT"}, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True"
 
 
 def test_dry_run_reports_states_and_writes_nothing(run_dir, tiny_folder, capsys):
