@@ -149,6 +149,8 @@ def environment(device: torch.device) -> dict:
            "python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
            "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
            "threads": torch.get_num_threads(), "device": str(device)}
+    if os.environ.get("MKL_CBWR"):  # MKL's reproducibility mode: with STRICT, results do not depend on `threads`
+        env["mkl_cbwr"] = os.environ["MKL_CBWR"]
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

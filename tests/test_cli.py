@@ -192,6 +192,14 @@ def test_mkl_strict_mode_makes_gradients_independent_of_the_thread_count():
     assert res.stdout.strip() == "True"
 
 
+def test_records_note_the_mkl_reproducibility_mode(monkeypatch):
+    from kdbench.records import environment
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    assert "mkl_cbwr" not in environment(torch.device("cpu"))
+    monkeypatch.setenv("MKL_CBWR", "AUTO,STRICT")
+    assert environment(torch.device("cpu"))["mkl_cbwr"] == "AUTO,STRICT"
+
+
 def test_dry_run_reports_states_and_writes_nothing(run_dir, tiny_folder, capsys):
     before = sorted(p.name for p in (run_dir / "cells").iterdir())
     capsys.readouterr()
