@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The CiteULike grid committed under results/citeulike, run in resumable slices: the cheaper methods on BPRMF and
 # LightGCN first, then DE, HTD and DE+RRD (whose 30 teacher-width experts cost ~100x a student epoch) on BPRMF, then
-# seed 0 of what is left on LightGCN and SimpleX (so that every method has a one-seed result on every backbone early),
-# then the other seeds, the registered variants, and SimpleX's seeds 1 and 2 last. Killing it at any point and running it again resumes: finished cells are
-# skipped by config hash, and a teacher or cell that was training resumes from its last checkpoint (every 10 min),
-# so a later session or another machine continues where this one stopped.
+# seed 0 of what is left on LightGCN and SimpleX (so that every method has a one-seed result on every backbone
+# early), then LightGCN's other seeds, the registered variants, and the rest of SimpleX last. Killing it at any point
+# and running it again resumes: finished cells are skipped by config hash, and a teacher or cell that was training
+# resumes from its last checkpoint (every 10 min), so a later session or another machine continues where this one
+# stopped.
 #   nohup bash scripts/citeulike_grid.sh > citeulike-grid.log 2>&1 &
 set -u
 cd "$(dirname "$0")/.."

@@ -67,6 +67,10 @@ class FitNet(Distiller):
                                        ell(self.proj_item, rows_of(s_item, neg), t_item[neg]))}
 
 
+#: below this ratio of the loss to Σ w‖t‖², ``linear_mse_sum`` computes Tᵀ D S in float64
+_CROSS_F32_MIN = 1e-2
+
+
 def linear_mse_sum(weight: torch.Tensor, s: torch.Tensor, t: torch.Tensor, t_sq: torch.Tensor, w: torch.Tensor
                    ) -> torch.Tensor:
     """Σ_e w_e ‖W s_e − t_e‖² for a bias-free linear map W [d_t, d_s], without forming the n × d_t projections:
@@ -76,10 +80,11 @@ def linear_mse_sum(weight: torch.Tensor, s: torch.Tensor, t: torch.Tensor, t_sq:
     i.e. d_s × d_s and d_t × d_s products in place of n × d_t ones and their element-wise passes (the n × d_t work
     was most of FitNet's epoch on CPU). The expansion subtracts terms of the size of Σ w‖t‖², so the result is only
     as precise as they are relative to the loss. The d_s-sized products and the sums are float64. Tᵀ D S, the one
-    product with n × d_t inputs, is float32 (float64 would convert T and double its cost); its rounding (~1e-7 of
-    Σ w‖t‖²) is negligible while the loss is at least ``_CROSS_F32_MIN`` of Σ w‖t‖² (about half in trained CiteULike
-    students: a 20-d student explains half of a 200-d teacher), and below that it is recomputed in float64 (in
-    float32 throughout, a near-perfect fit drifts by ~2 % in value and ~4e-4 in gradient)."""
+    product with n × d_t inputs, is float32 (float64 would convert T and double its cost); its rounding (~1e-7 of Σ
+    w‖t‖²) is negligible while the loss is at least ``_CROSS_F32_MIN`` of Σ w‖t‖² (about half in the trained
+    CiteULike grid's FitNet students: the best linear map from a 20-d student leaves half of a 200-d teacher
+    unexplained), and below that it is recomputed in float64 (in float32 throughout, a near-perfect fit drifts by
+    ~2 % in value and ~4e-4 in gradient)."""
     w64, s64 = weight.double(), s.double()
     sw64 = s64 * w.double()[:, None]
     quad = ((w64.t() @ w64) * (s64.t() @ sw64)).sum()
@@ -89,6 +94,3 @@ def linear_mse_sum(weight: torch.Tensor, s: torch.Tensor, t: torch.Tensor, t_sq:
         loss = quad - 2 * (w64 * (t.double().t() @ sw64)).sum() + const
     return loss.to(s.dtype)
 
-
-#: below this ratio of the loss to Σ w‖t‖², ``linear_mse_sum`` computes Tᵀ D S in float64
-_CROSS_F32_MIN = 1e-2
