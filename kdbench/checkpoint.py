@@ -74,7 +74,7 @@ def source_version(*objects) -> str:
     for f in sorted(Path(__file__).parent.rglob("*.py")):
         h.update(_file_hash(f.resolve()))
     for o in objects:
-        h.update(_object_digest(o))
+        h.update(_object_digest(o, _source_file(o)))
     return h.hexdigest()[:16]
 
 
@@ -84,7 +84,7 @@ def plugin_source_version(obj) -> str | None:
     path = _source_file(obj)
     if path is not None and path.is_relative_to(Path(__file__).parent.resolve()):
         return None
-    return _object_digest(obj).hex()[:16]
+    return _object_digest(obj, path).hex()[:16]
 
 
 def _source_file(obj) -> Path | None:
@@ -95,10 +95,9 @@ def _source_file(obj) -> Path | None:
     return Path(name).resolve() if name and Path(name).exists() else None
 
 
-def _object_digest(obj) -> bytes:
-    """sha256 of the file defining ``obj``; without a file, of its source text (a notebook keeps it), and without
-    either, of its qualified name only (then an edit goes unnoticed: such code cannot be versioned)."""
-    path = _source_file(obj)
+def _object_digest(obj, path: Path | None) -> bytes:
+    """sha256 of ``path``, the file defining ``obj``; without a file, of its source text (a notebook keeps it), and
+    without either, of its qualified name only (then an edit goes unnoticed: such code cannot be versioned)."""
     if path is not None:
         return _file_hash(path)
     try:
