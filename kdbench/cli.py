@@ -38,6 +38,43 @@ def _seeds(text) -> list[int]:
         raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
 
 
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group("filters", "tables of a subset of the records, printed only (OUT's leaderboard.csv "
+                             "and timing.csv always hold every record); the teacher and student rows, which gains "
+                             "and overheads refer to, are kept whatever --methods says")
+    for name in ("datasets", "backbones", "methods"):
+        f.add_argument(f"--{name}", type=_csv, metavar="A,B", help=f"only these {name}")
+    f.add_argument("--seeds", type=_seed_arg, metavar="0,1",
+                   help="only these seeds, e.g. those that every method of a partly run grid has finished")
+
+
+def _seed_arg(text: str) -> list[int]:
+    try:
+        return _seeds(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--seeds ")) from None
+
+
+def _filters(args) -> dict:
+    return {k: getattr(args, k) for k in ("datasets", "backbones", "methods", "seeds") if getattr(args, k)}
+
+
+def _tables(args):
+    """(leaderboard, timing, records) of ``args.out``: written to OUT when unfiltered, only returned otherwise."""
+    from .leaderboard import leaderboard, load_records, select_records, timing, write_tables
+
+    _need_cells(args.out)
+    filters = _filters(args)
+    if not filters:
+        lb, tm = write_tables(args.out)
+        return lb, tm, load_records(args.out)
+    recs = select_records(load_records(args.out), **filters)
+    if not recs:
+        shown = ", ".join(f"--{k} {','.join(map(str, v))}" for k, v in filters.items())
+        raise ConfigError(f"{args.out}: no record matches {shown}")
+    return leaderboard(recs), timing(recs), recs
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdbench", description=__doc__)
     sub = p.add_subparsers(dest="command")
@@ -84,13 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
 
     lb = sub.add_parser("leaderboard", help="re-derive the tables of an output directory from its records")
-    lb.add_argument("out")
+    lb.add_argument("out", help="a run's output directory (the one holding cells/)")
     lb.add_argument("--format", choices=["csv", "md", "latex"], default="md")
-    lb.add_argument("--metric", default="ndcg@20")
+    lb.add_argument("--metric", default="ndcg@20", help="the column sorted first and bolded (default: ndcg@20)")
+    _add_filters(lb)
 
     tm = sub.add_parser("timing", help="print the training-cost table of an output directory (overhead vs student)")
-    tm.add_argument("out")
+    tm.add_argument("out", help="a run's output directory (the one holding cells/)")
     tm.add_argument("--format", choices=["csv", "md", "latex"], default="md")
+    _add_filters(tm)
 
     rp = sub.add_parser("report", help="write OUT/report.md and PNG figures (needs the 'plot' extra: matplotlib)")
     rp.add_argument("out")
@@ -197,11 +236,10 @@ def cmd_list(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from .leaderboard import load_records, render, table_notes, write_tables
+    from .leaderboard import render, table_notes
 
-    _need_cells(args.out)
-    lb, _ = write_tables(args.out)
-    print(render(lb, args.format, args.metric, table_notes(load_records(args.out))))
+    lb, _, recs = _tables(args)
+    print(render(lb, args.format, args.metric, table_notes(recs)))
     return 0
 
 
@@ -211,10 +249,9 @@ def _need_cells(out: str) -> None:
 
 
 def cmd_timing(args) -> int:
-    from .leaderboard import render_timing, write_tables
+    from .leaderboard import render_timing
 
-    _need_cells(args.out)
-    _, tm = write_tables(args.out)
+    _, tm, _ = _tables(args)
     print(render_timing(tm, args.format))
     return 0
 

@@ -35,6 +35,16 @@ def load_records(out: str | Path) -> list[dict]:
     return recs
 
 
+def select_records(records: list[dict], datasets=None, backbones=None, methods=None, seeds=None) -> list[dict]:
+    """The records of the given datasets, backbones, methods and seeds (``None``: all). ``teacher`` and ``student``
+    are kept whatever ``methods`` says: gains, p-values and overheads refer to them. With the seeds that every
+    method has finished, a partly run grid compares methods over the same seeds."""
+    methods = None if methods is None else {*methods, "teacher", "student"}
+    keep = lambda value, allowed: allowed is None or value in allowed  # noqa: E731
+    return [r for r in records if keep(r.get("dataset", {}).get("name"), datasets)
+            and keep(r.get("backbone"), backbones) and keep(r.get("method"), methods) and keep(r.get("seed"), seeds)]
+
+
 def _method_order(methods) -> list[str]:
     first = [m for m in ("teacher", "student") if m in methods]
     return first + sorted(m for m in methods if m not in first)

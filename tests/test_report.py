@@ -4,38 +4,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import make_record, write_cells
 
 from kdbench.cli import main
-from kdbench.evaluate import METRICS
-from kdbench.records import write_json
 from kdbench.report import history_key, per_seed_gains, summarize_gains, write_report
 
 pytest.importorskip("matplotlib")
-
-
-def make_record(method, seed, ndcg20, dataset="toy", backbone="bprmf", epoch_s=1.0, status="ok", error=None,
-                epochs=3):
-    """A minimal record with the fields that the leaderboard, timing and report read."""
-    metrics = {m: ndcg20 for m in METRICS}  # only ndcg@20 matters here; the others just have to exist
-    return {"schema": 1, "dataset": {"name": dataset, "fingerprint": "f" * 8}, "backbone": backbone,
-            "method": method, "seed": seed, "profile": "quick", "status": status, "error": error,
-            "metrics": metrics if status == "ok" else None,
-            "timing": {"epoch_s": epoch_s, "precompute_s": 0.0, "eval_s": 0.5, "train_s": 3 * epoch_s,
-                       "peak_rss_mb": 100.0} if status == "ok" else None,
-            "history": [{"epoch": e, "losses": {"base": 1.0 / (e + 1)}, "valid_ndcg@20": ndcg20 * (e + 1) / epochs,
-                         "epoch_s": epoch_s} for e in range(epochs)] if status == "ok" else None,
-            "environment": {"git_commit": "abcdef0123456789", "git_dirty": False, "cpu": "Test CPU",
-                            "threads": 1},
-            "started_at": f"2026-01-0{seed + 1}T10:00:00+00:00",
-            "finished_at": f"2026-01-0{seed + 1}T11:00:00+00:00",
-            "config": {"train": {"early_stop": "ndcg@20"}}}
-
-
-def write_cells(out, records):
-    for r in records:
-        stem = f"{r['dataset']['name']}__{r['backbone']}__{r['method']}__seed{r['seed']}"
-        write_json(out / "cells" / f"{stem}.json", r)
-    return records
 
 
 def _gain(gains, method, seed):

@@ -1,0 +1,60 @@
+"""``kdbench leaderboard`` / ``kdbench timing`` filters on records written without training."""
+import io
+
+import pandas as pd
+import pytest
+from helpers import make_record, write_cells
+
+from kdbench.cli import main
+from kdbench.leaderboard import leaderboard, select_records
+
+
+@pytest.fixture
+def partial_grid(tmp_path):
+    """Student and KD with seeds 0-2, DE with seed 0 only (a grid still running), on two backbones."""
+    recs = []
+    for backbone in ("bprmf", "lightgcn"):
+        for seed, (st, kd) in enumerate([(0.10, 0.12), (0.20, 0.21), (0.30, 0.33)]):
+            recs += [make_record("teacher", seed, 0.5, backbone=backbone, epoch_s=4.0),
+                     make_record("student", seed, st, backbone=backbone, epoch_s=1.0),
+                     make_record("kd", seed, kd, backbone=backbone, epoch_s=2.0)]
+        recs.append(make_record("de", 0, 0.15, backbone=backbone, epoch_s=10.0))
+    write_cells(tmp_path, recs)
+    return tmp_path
+
+
+def test_select_records_keeps_the_reference_rows(partial_grid):
+    from kdbench.leaderboard import load_records
+
+    recs = select_records(load_records(partial_grid), backbones=["bprmf"], methods=["de"], seeds=[0])
+    assert sorted(r["method"] for r in recs) == ["de", "student", "teacher"]
+    assert {(r["backbone"], r["seed"]) for r in recs} == {("bprmf", 0)}
+    # the matched-seed gain: DE over seed 0's student, not over the three-seed mean
+    lb = leaderboard(recs).set_index("method")
+    assert lb.loc["de", "gain_ndcg@20_pct"] == pytest.approx(50.0)
+    assert lb.loc["de", "seeds"] == 1
+
+
+def test_filtered_tables_are_printed_and_leave_the_csvs_whole(partial_grid, capsys):
+    assert main(["leaderboard", str(partial_grid)]) == 0
+    full = (partial_grid / "leaderboard.csv").read_text()
+    capsys.readouterr()
+    assert main(["leaderboard", str(partial_grid), "--seeds", "0", "--backbones", "lightgcn",
+                 "--format", "csv"]) == 0
+    shown = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert set(shown["backbone"]) == {"lightgcn"} and set(shown["seeds"]) == {1}
+    assert shown.set_index("method").loc["kd", "gain_ndcg@20_pct"] == pytest.approx(20.0)
+    assert (partial_grid / "leaderboard.csv").read_text() == full  # the committed table is not replaced
+
+    assert main(["timing", str(partial_grid), "--methods", "de", "--format", "csv"]) == 0
+    tm = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert sorted(tm["method"].unique()) == ["de", "student", "teacher"]
+    assert tm.set_index(["backbone", "method"]).loc[("bprmf", "de"), "overhead_x"] == pytest.approx(10.0)
+
+
+def test_filters_that_match_nothing_or_are_malformed_are_errors(partial_grid, capsys):
+    assert main(["leaderboard", str(partial_grid), "--datasets", "gowalla"]) == 2
+    assert "no record matches --datasets gowalla" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["timing", str(partial_grid), "--seeds", "zero"])
+    assert "expected comma-separated integers" in capsys.readouterr().err
