@@ -66,13 +66,23 @@ class TrainingCheckpoint:
         self.path.unlink(missing_ok=True)
 
 
-def source_version(*objects) -> str:
-    """A hash of the kdbench package's Python sources and of the code defining ``objects`` (plugin methods live
-    outside the package): a checkpoint written by other code is not resumed. Each file is read once per process,
-    so that the version is that of the code running, whatever is edited on disk meanwhile."""
+# Modules that never run while a teacher or cell trains: the command line, the tables, the report and the
+# analyses. Editing them leaves every checkpoint resumable, so that a fix to a table does not throw away hours of
+# training; every other file of the package, a new one included, versions the checkpoints.
+NOT_TRAINING_CODE = frozenset({"__main__.py", "cli.py", "leaderboard.py", "significance.py", "report.py",
+                               "spectrum.py"})
+
+
+def source_version(*objects, package: Path | None = None) -> str:
+    """A hash of the kdbench package's Python sources that take part in training (all but ``NOT_TRAINING_CODE``)
+    and of the code defining ``objects`` (plugin methods live outside the package): a checkpoint written by other
+    code is not resumed. Each file is read once per process, so that the version is that of the code running,
+    whatever is edited on disk meanwhile."""
+    root = package or Path(__file__).parent
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(_file_hash(f.resolve()))
+    for f in sorted(root.rglob("*.py")):
+        if f.relative_to(root).as_posix() not in NOT_TRAINING_CODE:
+            h.update(f.relative_to(root).as_posix().encode() + _file_hash(f.resolve()))
     for o in objects:
         h.update(_object_digest(o, _source_file(o)))
     return h.hexdigest()[:16]

@@ -1,6 +1,7 @@
 """Mid-training checkpoints: a run stopped after some epochs and resumed ends exactly where an uninterrupted run
 ends (weights, history, early stopping), in the training loop and through ``kdbench run`` killed with SIGKILL."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import pytest
 import torch
 from helpers import make_distiller
 
-from kdbench.checkpoint import TrainingCheckpoint, generator_states
+import kdbench
+from kdbench.checkpoint import NOT_TRAINING_CODE, TrainingCheckpoint, generator_states, source_version
 from kdbench.train import RoleConfig, TrainConfig, fit
 
 TRAIN = TrainConfig(max_epochs=6, patience=100, eval_every=1)
@@ -70,6 +72,29 @@ def test_a_checkpoint_of_another_identity_or_a_damaged_one_is_not_resumed(tiny, 
 
     ckpt.path.write_bytes(ckpt.path.read_bytes()[:100])  # a write torn by a crash outside os.replace
     assert ckpt.load(torch.device("cpu")) is None
+
+
+def test_checkpoints_are_versioned_by_the_code_that_trains_not_by_tables_or_cli(tmp_path):
+    def package(name, edit=None):
+        """A copy of the kdbench package (its own paths, so that no file hash is reused), edited by ``edit``."""
+        root = tmp_path / name
+        shutil.copytree(kdbench.__path__[0], root, ignore=shutil.ignore_patterns("__pycache__"))
+        if edit:
+            edit(root)
+        return source_version(package=root)
+
+    def append(rel, text="\n# an edit\n"):
+        return lambda root: (root / rel).write_text((root / rel).read_text() + text)
+
+    base = package("base")
+    assert NOT_TRAINING_CODE == {"__main__.py", "cli.py", "leaderboard.py", "significance.py", "report.py",
+                                 "spectrum.py"}
+    for i, rel in enumerate(sorted(NOT_TRAINING_CODE)):  # the CLI and the tables: checkpoints stay resumable
+        assert package(f"free{i}", append(rel)) == base, rel
+    for i, rel in enumerate(["train.py", "methods/de.py", "backbones/lightgcn.py", "grid.py", "checkpoint.py"]):
+        assert package(f"train{i}", append(rel)) != base, rel
+    assert package("new", lambda root: (root / "methods" / "extra.py").write_text("X = 1\n")) != base
+    assert package("renamed", lambda root: (root / "scoring.py").rename(root / "scores.py")) != base
 
 
 def _grid(tiny_folder, tmp_path, name, extra=()):
