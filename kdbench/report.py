@@ -103,6 +103,13 @@ def plot_gain_bars(summary: pd.DataFrame, dataset: str, backbone: str, metric: s
     return _save(plt, fig, path)
 
 
+def overhead_axis_scale(overheads) -> str:
+    """``log`` when the overheads span more than a factor of 10 (expert methods at ~100× beside response methods at
+    2–4× would otherwise crowd into one corner), else ``linear``."""
+    lo, hi = min(1.0, float(np.min(overheads))), float(np.max(overheads))
+    return "log" if lo > 0 and hi / lo > 10 else "linear"
+
+
 def plot_gain_vs_cost(summary: pd.DataFrame, tm: pd.DataFrame, dataset: str, backbone: str, metric: str,
                       path: Path) -> Path | None:
     """Mean gain against training overhead (epoch time / student's epoch time), one labelled point per method."""
@@ -121,7 +128,9 @@ def plot_gain_vs_cost(summary: pd.DataFrame, tm: pd.DataFrame, dataset: str, bac
                     xytext=(4, 4), fontsize=8)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.axvline(1, color="grey", linewidth=0.8, linestyle=":")  # the student's own cost
-    ax.set_xlabel("epoch time overhead over student (×)")
+    scale = overhead_axis_scale(pts["overhead_x"].astype(float))
+    ax.set_xscale(scale)
+    ax.set_xlabel("epoch time overhead over student (×" + (", log scale)" if scale == "log" else ")"))
     ax.set_ylabel(f"mean {metric} gain over student (%)")
     ax.set_title(f"{dataset} / {backbone}")
     return _save(plt, fig, path)

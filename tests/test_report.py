@@ -114,3 +114,11 @@ def test_missing_matplotlib(run_dir, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'kdbench\[plot\]'"):
         write_report(run_dir)
     assert not (run_dir / "report.md").exists()
+
+
+def test_gain_vs_cost_axis_turns_logarithmic_for_a_wide_range_of_overheads():
+    from kdbench.report import overhead_axis_scale
+
+    assert overhead_axis_scale([1.5, 2.0, 4.3]) == "linear"
+    assert overhead_axis_scale([2.1, 8.0, 117.0]) == "log"  # BPRMF's response methods beside DE/HTD
+    assert overhead_axis_scale([0.5, 4.9]) == "linear"      # the axis starts at the student's 1× or below it
