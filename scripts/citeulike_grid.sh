@@ -13,11 +13,11 @@ OUT=${OUT:-results/citeulike}
 CHEAP=student,fitnet,freqd,kd,rd,cd,rrd,ftd
 EXPERTS=de,htd,de+rrd
 VARIANTS=freqd.nofilter,rrd.nosample
-run_slice() {  # backbone methods [seeds]
-    local seeds=${3:-0,1,2}
-    echo "=== slice: backbone $1, methods $2, seeds $seeds ($(date -u +%FT%TZ))"
+run_slice() {  # backbone methods [seeds [workers]]
+    local seeds=${3:-0,1,2} workers=${4:-2}
+    echo "=== slice: backbone $1, methods $2, seeds $seeds, $workers worker(s) ($(date -u +%FT%TZ))"
     python -m kdbench run --datasets citeulike --backbones "$1" --methods "$2" --seeds "$seeds" --profile cpu \
-        --workers 2 --out "$OUT" --data-root "${KDBENCH_DATA:-../shared/datasets}"
+        --workers "$workers" --out "$OUT" --data-root "${KDBENCH_DATA:-../shared/datasets}"
 }
 main() {
     for backbone in bprmf lightgcn; do run_slice "$backbone" "$CHEAP"; done
@@ -25,6 +25,9 @@ main() {
     # SimpleX is the dearest backbone on 2 CPU cores (one thread: 59 s per teacher epoch, 15 s per student epoch,
     # with 2,000 negatives per pair); mid-training checkpoints carry its cells over sessions
     run_slice lightgcn "$EXPERTS" 0
+    # a lone teacher trains with both cores (one worker, two threads); with two workers it would get one thread
+    # while the other worker's cells wait for it
+    run_slice simplex student 0 1
     run_slice simplex "$CHEAP,$EXPERTS" 0
     run_slice lightgcn "$EXPERTS"
     for backbone in bprmf lightgcn; do run_slice "$backbone" "$VARIANTS"; done
