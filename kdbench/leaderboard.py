@@ -97,11 +97,13 @@ def table_notes(records: list[dict]) -> str:
 
 
 def timing(records: list[dict]) -> pd.DataFrame:
+    """Per (dataset, backbone, method), the median over seeds of each cell's timing: one cell that shared its cores
+    with other work (a benchmark, a third process) does not move the row, as it would move a mean."""
     df = _ok_frame(records)
     if df.empty:
         return pd.DataFrame(columns=TIMING_COLUMNS)
     cols = ["epoch_s", "precompute_s", "eval_s", "train_s", "peak_rss_mb"]
-    out = df.groupby(["dataset", "backbone", "method"], sort=False)[cols].mean().reset_index()
+    out = df.groupby(["dataset", "backbone", "method"], sort=False)[cols].median().reset_index()
     ref = out[out["method"] == "student"].set_index(["dataset", "backbone"])["epoch_s"]
     base = out.set_index(["dataset", "backbone"]).index.map(lambda k: ref.get(k, np.nan))
     out["overhead_x"] = out["epoch_s"].to_numpy() / np.asarray(base, dtype=float)

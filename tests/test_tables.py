@@ -58,3 +58,14 @@ def test_filters_that_match_nothing_or_are_malformed_are_errors(partial_grid, ca
     with pytest.raises(SystemExit):
         main(["timing", str(partial_grid), "--seeds", "zero"])
     assert "expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_timing_rows_are_medians_over_seeds(tmp_path):
+    """A cell that shared its cores (epoch_s 5.0) does not move its row: the median of 1.0, 1.2, 5.0 is 1.2."""
+    recs = [make_record("student", s, 0.1, epoch_s=0.5) for s in range(3)]
+    recs += [make_record("kd", s, 0.1, epoch_s=e) for s, e in enumerate([1.0, 5.0, 1.2])]
+    write_cells(tmp_path, recs)
+    assert main(["timing", str(tmp_path), "--format", "csv"]) == 0
+    tm = pd.read_csv(tmp_path / "timing.csv").set_index("method")
+    assert tm.loc["kd", "epoch_s"] == pytest.approx(1.2) and tm.loc["kd", "overhead_x"] == pytest.approx(2.4)
+    assert tm.loc["kd", "train_s"] == pytest.approx(3.6)  # make_record: train_s = 3 x epoch_s
