@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="re-derive the tables of an output directory from its records")
     lb.add_argument("out", help="a run's output directory (the one holding cells/)")
     lb.add_argument("--format", choices=["csv", "md", "latex"], default="md")
-    lb.add_argument("--metric", default="ndcg@20", help="the metric shown first, with its gain over the student (default: ndcg@20)")
+    lb.add_argument("--metric", default="ndcg@20",
+                    help="the metric shown first, with its gain over the student (default: ndcg@20)")
     _add_filters(lb)
 
     tm = sub.add_parser("timing", help="print the training-cost table of an output directory (overhead vs student)")
