@@ -65,10 +65,10 @@ def _tables(args):
 
     _need_cells(args.out)
     filters = _filters(args)
+    recs = load_records(args.out)  # read once: for the tables and for their footnote
     if not filters:
-        lb, tm = write_tables(args.out)
-        return lb, tm, load_records(args.out)
-    recs = select_records(load_records(args.out), **filters)
+        return (*write_tables(args.out, recs), recs)
+    recs = select_records(recs, **filters)
     if not recs:
         shown = ", ".join(f"--{k} {','.join(map(str, v))}" for k, v in filters.items())
         raise ConfigError(f"{args.out}: no record matches {shown}")

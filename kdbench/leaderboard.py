@@ -112,8 +112,9 @@ def timing(records: list[dict]) -> pd.DataFrame:
     return out[TIMING_COLUMNS].reset_index(drop=True)
 
 
-def write_tables(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    recs = load_records(out)
+def write_tables(out: str | Path, records: list[dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Derive and write OUT's two tables from ``records`` (default: all of OUT's records)."""
+    recs = load_records(out) if records is None else records
     lb, tm = leaderboard(recs), timing(recs)
     atomic_write_text(Path(out) / "leaderboard.csv", lb.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(Path(out) / "timing.csv", tm.to_csv(index=False, float_format="%.6g"))
