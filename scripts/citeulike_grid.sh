@@ -7,6 +7,8 @@
 # resumes from its last checkpoint (every 10 min), so a later session or another machine continues where this one
 # stopped.
 #   nohup bash scripts/citeulike_grid.sh > citeulike-grid.log 2>&1 &
+# RUN_ARGS is appended to every `kdbench run` (later options win), e.g. RUN_ARGS="--workers 1 --threads 1" to leave
+# one core to another job such as scripts/citeulike_paper.sh.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/citeulike}
@@ -17,7 +19,7 @@ run_slice() {  # backbone methods [seeds [workers]]
     local seeds=${3:-0,1,2} workers=${4:-2}
     echo "=== slice: backbone $1, methods $2, seeds $seeds, $workers worker(s) ($(date -u +%FT%TZ))"
     python -m kdbench run --datasets citeulike --backbones "$1" --methods "$2" --seeds "$seeds" --profile cpu \
-        --workers "$workers" --out "$OUT" --data-root "${KDBENCH_DATA:-../shared/datasets}"
+        --workers "$workers" --out "$OUT" --data-root "${KDBENCH_DATA:-../shared/datasets}" ${RUN_ARGS:-}
 }
 main() {
     for backbone in bprmf lightgcn; do run_slice "$backbone" "$CHEAP"; done

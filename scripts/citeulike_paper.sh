@@ -6,12 +6,14 @@
 # resumes: finished cells are skipped, and a teacher or cell that was training resumes from its checkpoint (saved
 # every 10 min under the cache dir).
 #   nohup bash scripts/citeulike_paper.sh > citeulike-paper.log 2>&1 &
+# BACKBONES chooses the backbones (default all three); RUN_ARGS is appended to every `kdbench run` (later options
+# win), e.g. BACKBONES=bprmf RUN_ARGS="--workers 1 --threads 1" beside a one-worker grid.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/citeulike-paper}
 run() {
     python -m kdbench run --datasets citeulike --seeds 0 --profile paper --out "$OUT" \
-        --data-root "${KDBENCH_DATA:-../shared/datasets}" "$@"
+        --data-root "${KDBENCH_DATA:-../shared/datasets}" "$@" ${RUN_ARGS:-}
 }
 for backbone in ${BACKBONES:-bprmf lightgcn simplex}; do
     echo "=== $backbone: teacher, student and KD ($(date -u +%FT%TZ))"
