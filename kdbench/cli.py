@@ -60,19 +60,25 @@ def _filters(args) -> dict:
 
 
 def _tables(args):
-    """(leaderboard, timing, records) of ``args.out``: written to OUT when unfiltered, only returned otherwise."""
-    from .leaderboard import leaderboard, load_records, select_records, timing, write_tables
+    """(leaderboard, timing, records) of ``args.out``: written to OUT when unfiltered and against ``student``, only
+    returned otherwise."""
+    from .leaderboard import leaderboard, load_records, ok_records, select_records, timing, write_tables
 
     _need_cells(args.out)
     filters = _filters(args)
+    reference = getattr(args, "against", None) or "student"
     recs = load_records(args.out)  # read once: for the tables and for their footnote
-    if not filters:
+    if not filters and reference == "student":
         return (*write_tables(args.out, recs), recs)
-    recs = select_records(recs, **filters)
+    recs = select_records(recs, **filters, reference=reference)
     if not recs:
         shown = ", ".join(f"--{k} {','.join(map(str, v))}" for k, v in filters.items())
         raise ConfigError(f"{args.out}: no record matches {shown}")
-    return leaderboard(recs), timing(recs), recs
+    if not any(r["method"] == reference for r in ok_records(recs)):
+        have = ", ".join(sorted({r["method"] for r in ok_records(recs)})) or "none"
+        raise ConfigError(f"--against {reference}: no finished {reference} cell among the records shown "
+                          f"(methods there: {have})")
+    return leaderboard(recs, reference), timing(recs), recs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--format", choices=["csv", "md", "latex"], default="md")
     lb.add_argument("--metric", default="ndcg@20",
                     help="the metric shown first, with its gain over the student (default: ndcg@20)")
+    lb.add_argument("--against", metavar="METHOD",
+                    help="gains and significance tests against METHOD instead of student, e.g. freqd.nofilter "
+                         "(FreqD's control) or the best baseline (spec §3.6); printed only, with the same columns")
     _add_filters(lb)
 
     tm = sub.add_parser("timing", help="print the training-cost table of an output directory (overhead vs student)")
@@ -240,7 +249,8 @@ def cmd_leaderboard(args) -> int:
     from .leaderboard import render, table_notes
 
     lb, _, recs = _tables(args)
-    print(render(lb, args.format, args.metric, table_notes(recs)))
+    reference = args.against or "student"
+    print(render(lb, args.format, args.metric, table_notes(recs, reference), reference))
     return 0
 
 

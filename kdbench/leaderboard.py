@@ -2,7 +2,8 @@
 
 ``leaderboard.csv`` carries, per row, BH-adjusted p-values of the difference from ``student`` (``p_ndcg@20``,
 ``p_recall@20``) and the test used (``p_test``: ``t`` across seeds, ``wilcoxon`` across users); see
-``significance.py``."""
+``significance.py``. A printed leaderboard may refer its gains and tests to another method instead
+(``kdbench leaderboard OUT --against freqd.nofilter``)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from .evaluate import METRICS
 from .records import atomic_write_text
 from .significance import MIN_SEEDS_FOR_T, TESTS, p_values
 
-TESTED = ("ndcg@20", "recall@20")   # the metrics that get a significance test against student
+TESTED = ("ndcg@20", "recall@20")   # the metrics that get a significance test against the reference
 ALPHA = 0.05
 LEADERBOARD_COLUMNS = (["dataset", "backbone", "method", "seeds", *METRICS, *[f"{m}_std" for m in METRICS],
                         "gain_ndcg@20_pct", "gain_recall@20_pct", *[f"p_{m}" for m in TESTED], "p_test"])
@@ -35,11 +36,12 @@ def load_records(out: str | Path) -> list[dict]:
     return recs
 
 
-def select_records(records: list[dict], datasets=None, backbones=None, methods=None, seeds=None) -> list[dict]:
-    """The records of the given datasets, backbones, methods and seeds (``None``: all). ``teacher`` and ``student``
-    are kept whatever ``methods`` says: gains, p-values and overheads refer to them. With the seeds that every
-    method has finished, a partly run grid compares methods over the same seeds."""
-    methods = None if methods is None else {*methods, "teacher", "student"}
+def select_records(records: list[dict], datasets=None, backbones=None, methods=None, seeds=None,
+                   reference: str = "student") -> list[dict]:
+    """The records of the given datasets, backbones, methods and seeds (``None``: all). ``teacher``, ``student`` and
+    ``reference`` are kept whatever ``methods`` says: gains, p-values and overheads refer to them. With the seeds
+    that every method has finished, a partly run grid compares methods over the same seeds."""
+    methods = None if methods is None else {*methods, "teacher", "student", reference}
     keep = lambda value, allowed: allowed is None or value in allowed  # noqa: E731
     return [r for r in records if keep(r.get("dataset", {}).get("name"), datasets)
             and keep(r.get("backbone"), backbones) and keep(r.get("method"), methods) and keep(r.get("seed"), seeds)]
@@ -66,7 +68,9 @@ def _ok_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def leaderboard(records: list[dict]) -> pd.DataFrame:
+def leaderboard(records: list[dict], reference: str = "student") -> pd.DataFrame:
+    """One row per (dataset, backbone, method): seeds, mean and std of every metric, and the gain over
+    ``reference`` with its BH-adjusted p-values (the CSV contract's columns; ``student`` unless asked otherwise)."""
     df = _ok_frame(records)
     if df.empty:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
@@ -75,25 +79,26 @@ def leaderboard(records: list[dict]) -> pd.DataFrame:
     std = g[list(METRICS)].std(ddof=1).add_suffix("_std")  # NaN (empty) with a single seed
     out = pd.concat([g["seed"].count().rename("seeds"), mean, std], axis=1).reset_index()
     for metric in ("ndcg@20", "recall@20"):
-        ref = out[out["method"] == "student"].set_index(["dataset", "backbone"])[metric]
+        ref = out[out["method"] == reference].set_index(["dataset", "backbone"])[metric]
         base = out.set_index(["dataset", "backbone"]).index.map(lambda k, ref=ref: ref.get(k, np.nan))
         out[f"gain_{metric}_pct"] = (out[metric].to_numpy() / np.asarray(base, dtype=float) - 1) * 100
-    out = out.merge(p_values(df, TESTED), on=["dataset", "backbone", "method"], how="left")
+    out = out.merge(p_values(df, TESTED, reference), on=["dataset", "backbone", "method"], how="left")
     out["_order"] = out["method"].map({m: i for i, m in enumerate(_method_order(out["method"].unique()))})
     out = out.sort_values(["dataset", "backbone", "_order"]).drop(columns="_order")
     return out[LEADERBOARD_COLUMNS].reset_index(drop=True)
 
 
-def table_notes(records: list[dict]) -> str:
+def table_notes(records: list[dict], reference: str = "student") -> str:
     """The footnote of a rendered leaderboard: protocol(s), seeds, what bold and the markers mean."""
     ok = [r for r in records if r.get("status") == "ok"]
     protocols = sorted({r.get("protocol") or r.get("profile", "?") for r in ok})
     seeds = sorted({r["seed"] for r in ok})
     return (f"Mean ± std over seeds {', '.join(map(str, seeds))} (std shown with ≥ 2 seeds). Bold: best student "
-            f"per dataset/backbone. † : differs from student at BH-adjusted p < {ALPHA} "
+            f"per dataset/backbone. † : differs from {reference} at BH-adjusted p < {ALPHA} "
             f"({TESTS['t']} with ≥ {MIN_SEEDS_FOR_T} seeds, else {TESTS['wilcoxon']}, which over thousands of "
             f"users flags small differences and says nothing of seed variance; Benjamini–Hochberg over the "
-            f"table's rows). Protocol: {'; '.join(protocols)}.")
+            f"table's rows). Protocol: {'; '.join(protocols)}."
+            + ("" if reference == "student" else f" Gains and tests against {reference}, not student."))
 
 
 def timing(records: list[dict]) -> pd.DataFrame:
@@ -137,14 +142,16 @@ def _latex(table: pd.DataFrame, notes: str = "") -> str:
     return "\n".join(lines)
 
 
-def render(lb: pd.DataFrame, fmt: str = "md", metric: str = "ndcg@20", notes: str = "") -> str:
+def render(lb: pd.DataFrame, fmt: str = "md", metric: str = "ndcg@20", notes: str = "",
+           reference: str = "student") -> str:
     """A human table of the leaderboard: mean ± std per metric, best student per (dataset, backbone) in bold,
-    † where the difference from student is significant, ``notes`` as a footnote."""
+    † where the difference from ``reference`` (that of ``lb``) is significant, ``notes`` as a footnote."""
     if fmt == "csv":
         return lb.to_csv(index=False, float_format="%.6g")
     if metric not in METRICS:
         raise ValueError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
     shown = [metric] + [m for m in ("recall@20", "ndcg@20") if m != metric]
+    gain_col = f"gain {metric}" + ("" if reference == "student" else f" vs {reference}")
     rows = []
     for (d, b), grp in lb.groupby(["dataset", "backbone"], sort=False):
         students = grp[grp["method"] != "teacher"]
@@ -158,7 +165,7 @@ def render(lb: pd.DataFrame, fmt: str = "md", metric: str = "ndcg@20", notes: st
                 p = r.get(f"p_{m}")
                 row[m] = cell + (" †" if p is not None and pd.notna(p) and float(p) < ALPHA else "")
             gain = r.get(f"gain_{metric}_pct")
-            row[f"gain {metric}"] = "" if pd.isna(gain) or r["method"] == "student" else f"{gain:+.1f}%"
+            row[gain_col] = "" if pd.isna(gain) or r["method"] == reference else f"{gain:+.1f}%"
             rows.append(row)
     table = pd.DataFrame(rows)
     if fmt == "md":

@@ -1,4 +1,5 @@
-"""Is a method's difference from ``student`` real? Paired tests per leaderboard row, BH-corrected per table.
+"""Is a method's difference from ``student`` (or another reference method) real? Paired tests per leaderboard row,
+BH-corrected per table.
 
 - ≥ 3 seeds that both the method and ``student`` ran: a paired t-test across seeds on the per-seed means
   (the seed is the unit of replication: it changes initialisation, sampling and the teacher).
@@ -55,18 +56,18 @@ def paired_user_test(method_npz: list[str], student_npz: list[str], metric: str)
     return float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
 
 
-def p_values(per_seed: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
-    """BH-adjusted p-values of every (dataset, backbone, method) row against ``student``.
+def p_values(per_seed: pd.DataFrame, metrics: tuple[str, ...], reference: str = "student") -> pd.DataFrame:
+    """BH-adjusted p-values of every (dataset, backbone, method) row against ``reference``.
 
     ``per_seed`` has one row per ok cell: dataset, backbone, method, seed, the metrics and ``npz`` (path of the
     cell's per-user file). Returns dataset, backbone, method, ``p_test`` and ``p_<metric>`` per metric (empty for
-    ``student``, ``teacher`` and rows without a student)."""
+    the reference, ``teacher`` and rows without a reference)."""
     rows = []
     for (d, b), grp in per_seed.groupby(["dataset", "backbone"], sort=False):
-        ref = grp[grp["method"] == "student"].set_index("seed")
+        ref = grp[grp["method"] == reference].set_index("seed")
         for method, cells in grp.groupby("method", sort=False):
             row = {"dataset": d, "backbone": b, "method": method, "p_test": ""}
-            if method in ("student", "teacher") or ref.empty:
+            if method in (reference, "teacher") or ref.empty:
                 rows.append(row)
                 continue
             cells = cells.set_index("seed")

@@ -69,3 +69,28 @@ def test_timing_rows_are_medians_over_seeds(tmp_path):
     tm = pd.read_csv(tmp_path / "timing.csv").set_index("method")
     assert tm.loc["kd", "epoch_s"] == pytest.approx(1.2) and tm.loc["kd", "overhead_x"] == pytest.approx(2.4)
     assert tm.loc["kd", "train_s"] == pytest.approx(3.6)  # make_record: train_s = 3 x epoch_s
+
+
+def test_against_refers_gains_and_tests_to_another_method(partial_grid, capsys):
+    """``--against kd``: every gain and p-value is relative to KD, the student row is tested against it, the
+    committed CSV stays relative to student, and a reference that did not run is a clear error."""
+    from scipy import stats
+
+    assert main(["leaderboard", str(partial_grid), "--backbones", "bprmf", "--against", "kd", "--format", "csv"]) == 0
+    lb = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("method")
+    # student 0.1, 0.2, 0.3 against KD 0.12, 0.21, 0.33: means 0.2 / 0.22
+    assert lb.loc["student", "gain_ndcg@20_pct"] == pytest.approx((0.2 / 0.22 - 1) * 100)
+    assert lb.loc["kd", "gain_ndcg@20_pct"] == 0
+    # the student is the only tested row with >= 3 seeds in common with KD (DE has seed 0 only and no npz)
+    p = stats.ttest_rel([0.1, 0.2, 0.3], [0.12, 0.21, 0.33]).pvalue
+    assert lb.loc["student", "p_test"] == "t" and lb.loc["student", "p_ndcg@20"] == pytest.approx(p)
+    assert pd.isna(lb.loc["kd", "p_ndcg@20"]) and pd.isna(lb.loc["teacher", "p_ndcg@20"])
+    assert lb.loc["de", "gain_ndcg@20_pct"] == pytest.approx((0.15 / 0.22 - 1) * 100)
+    assert not (partial_grid / "leaderboard.csv").exists()  # a table against kd is printed, never written
+
+    assert main(["leaderboard", str(partial_grid), "--against", "kd", "--methods", "de"]) == 0
+    md = capsys.readouterr().out
+    assert "gain ndcg@20 vs kd" in md and "differs from kd" in md and "| kd " in md  # kept for the comparison
+
+    assert main(["leaderboard", str(partial_grid), "--against", "rrd"]) == 2
+    assert "--against rrd: no finished rrd cell" in capsys.readouterr().err
