@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -292,10 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *(argv or [])])
     try:
-        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "timing": cmd_timing,
-                "report": cmd_report, "analyze": cmd_analyze}[args.command](args)
+        rc = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "timing": cmd_timing,
+              "report": cmd_report, "analyze": cmd_analyze}[args.command](args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
+        return rc
     except (ConfigError, DatasetError, ExecutorError, KeyError, FileNotFoundError, ModuleNotFoundError,
             ValueError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"kdbench: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`kdbench leaderboard OUT | head`): stop without a traceback
+        # stdout is flushed again at exit; point it at devnull so that flush does not raise (Python docs, signal)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

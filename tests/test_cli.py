@@ -264,3 +264,13 @@ def test_dataset_defaults_follow_the_spec_per_dataset_and_yield_to_overrides(tin
     assert params("gowalla", "bprmf", "de+rrd")["de_num_experts"] == 5                      # composites too
     assert params(str(tiny_folder), "bprmf", "de")["num_experts"] == 30                   # a folder: generic defaults
     assert params("gowalla", "bprmf", "de", {"de.num_experts": 7})["num_experts"] == 7     # --set still wins
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_cli_quietly():
+    """``kdbench list | head``: the reader goes away before kdbench prints; no traceback, exit code 1."""
+    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "list", "methods"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child has imported torch, so its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
