@@ -303,6 +303,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdbench: error: {msg}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`kdbench leaderboard OUT | head`): stop without a traceback
-        # stdout is flushed again at exit; point it at devnull so that flush does not raise (Python docs, signal)
+        # stdout is flushed again at exit; pointing it at devnull keeps that flush quiet (the `signal` docs recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
