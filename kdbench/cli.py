@@ -60,6 +60,11 @@ def _filters(args) -> dict:
     return {k: getattr(args, k) for k in ("datasets", "backbones", "methods", "seeds") if getattr(args, k)}
 
 
+def _reference(args) -> str:
+    """The method that gains and tests refer to: ``--against`` (leaderboard only) or ``student``."""
+    return getattr(args, "against", None) or "student"
+
+
 def _tables(args):
     """(leaderboard, timing, records) of ``args.out``: written to OUT when unfiltered and against ``student``, only
     returned otherwise."""
@@ -67,7 +72,7 @@ def _tables(args):
 
     _need_cells(args.out)
     filters = _filters(args)
-    reference = getattr(args, "against", None) or "student"
+    reference = _reference(args)
     recs = load_records(args.out)  # read once: for the tables and for their footnote
     if not filters and reference == "student":
         return (*write_tables(args.out, recs), recs)
@@ -75,10 +80,10 @@ def _tables(args):
     if not recs:
         shown = ", ".join(f"--{k} {','.join(map(str, v))}" for k, v in filters.items())
         raise ConfigError(f"{args.out}: no record matches {shown}")
-    if not any(r["method"] == reference for r in ok_records(recs)):
-        have = ", ".join(sorted({r["method"] for r in ok_records(recs)})) or "none"
+    finished = {r["method"] for r in ok_records(recs)}
+    if reference not in finished:
         raise ConfigError(f"--against {reference}: no finished {reference} cell among the records shown "
-                          f"(methods there: {have})")
+                          f"(methods there: {', '.join(sorted(finished)) or 'none'})")
     return leaderboard(recs, reference), timing(recs), recs
 
 
@@ -250,8 +255,7 @@ def cmd_leaderboard(args) -> int:
     from .leaderboard import render, table_notes
 
     lb, _, recs = _tables(args)
-    reference = args.against or "student"
-    print(render(lb, args.format, args.metric, table_notes(recs, reference), reference))
+    print(render(lb, args.format, args.metric, table_notes(recs, _reference(args)), _reference(args)))
     return 0
 
 
