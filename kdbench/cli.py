@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set freqd.alpha=0.3 --set student.lr=1e-3 (repeatable)")
-    r.add_argument("--config", help="TOML file with the same options and a [set] table")
+    r.add_argument("--config", help="TOML file with run options (datasets, methods, workers, ...; underscores for dashes) and a [set] table")
     r.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module or .py file that registers extra methods/backbones/datasets")
     r.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
@@ -228,8 +228,8 @@ def _fields(cls) -> str:
 def cmd_list(args) -> int:
     for mod in args.imports:
         import_plugin_module(mod)
-    kinds = [args.kind] if args.kind else ["methods", "backbones", "datasets"]
-    for kind in kinds:
+    registries = {"methods": DISTILLERS, "backbones": BACKBONES, "datasets": DATASETS}
+    for kind in [args.kind] if args.kind else list(registries):
         print(f"{kind}:")
         if kind == "methods":
             for name in DISTILLERS.list():
@@ -246,7 +246,7 @@ def cmd_list(args) -> int:
             for name in DATASETS.list():
                 print(f"  {name:16s} {DATASETS.get(name).description}")
             print(f"  {'<folder>':16s} any folder with train/test[/valid] or ratings files (README: formats)")
-        for name, why in {**DISTILLERS.broken_plugins, **BACKBONES.broken_plugins}.items():
+        for name, why in registries[kind].broken_plugins.items():
             print(f"  {name:16s} BROKEN plugin: {why}")
     return 0
 

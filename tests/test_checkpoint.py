@@ -53,12 +53,16 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tiny, tmp_pa
     assert (res.best_epoch, res.epochs) == (ref.best_epoch, ref.epochs)
     assert [h["losses"] for h in res.history] == [h["losses"] for h in ref.history]
     assert len(res.history) == TRAIN.max_epochs
-    for (name, a), b in zip(student.state_dict().items(), ref_student.state_dict().values()):
-        assert torch.equal(a, b), name
-    for (name, a), b in zip(distiller.state_dict().items(), ref_distiller.state_dict().values()):
-        assert torch.equal(a, b), name
+    for mine, ref_module in ((student, ref_student), (distiller, ref_distiller)):
+        a, b = mine.state_dict(), ref_module.state_dict()
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+    if method == "cd":  # no parameters: what it carries across epochs is its per-epoch sample of the ranking
+        assert distiller.samples is not None and torch.equal(distiller.samples, ref_distiller.samples)
     gens = generator_states(distiller)
-    assert gens and all(torch.equal(v, generator_states(ref_distiller)[k]) for k, v in gens.items())
+    assert gens and gens.keys() == generator_states(ref_distiller).keys()
+    assert all(torch.equal(v, generator_states(ref_distiller)[k]) for k, v in gens.items())
 
 
 def test_a_checkpoint_of_another_identity_or_a_damaged_one_is_not_resumed(tiny, tmp_path):
@@ -87,8 +91,6 @@ def test_checkpoints_are_versioned_by_the_code_that_trains_not_by_tables_or_cli(
         return lambda root: (root / rel).write_text((root / rel).read_text() + text)
 
     base = package("base")
-    assert NOT_TRAINING_CODE == {"__main__.py", "cli.py", "leaderboard.py", "significance.py", "report.py",
-                                 "spectrum.py"}
     for i, rel in enumerate(sorted(NOT_TRAINING_CODE)):  # the CLI and the tables: checkpoints stay resumable
         assert package(f"free{i}", append(rel)) == base, rel
     for i, rel in enumerate(["train.py", "methods/de.py", "backbones/lightgcn.py", "grid.py", "checkpoint.py"]):
@@ -109,16 +111,17 @@ def test_sigkill_mid_teacher_then_rerun_resumes_from_the_checkpoint(tmp_path, ti
     cmd, out, cache = _grid(tiny_folder, tmp_path, "killed", ["--checkpoint-every", "0"])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     deadline = time.monotonic() + 120
-    try:
+    try:  # killed as soon as the first checkpoint exists: the teacher then has ~149 epochs left to run
         while not list((cache / "checkpoints").glob("*teacher*.pt")) and time.monotonic() < deadline:
             assert proc.poll() is None, "the teacher finished before a checkpoint was seen"
-            time.sleep(0.01)
-        time.sleep(0.3)
+            time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert not (out / "cells" / "tinyds__bprmf__teacher__seed0.json").exists(), "killed too late"
-    saved = torch.load(next((cache / "checkpoints").glob("*teacher*.pt")), weights_only=True)["run"]["next_epoch"]
+    saved_files = list((cache / "checkpoints").glob("*teacher*.pt"))
+    assert len(saved_files) == 1, f"no teacher checkpoint within 120 s: {saved_files}"
+    saved = torch.load(saved_files[0], weights_only=True)["run"]["next_epoch"]
     plan = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert f"to train (resumes at epoch {saved})" in plan.stdout, plan.stdout + plan.stderr
 

@@ -1,4 +1,5 @@
 """Distillers: gradients go to the student and the method's modules, never the teacher; the registry."""
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -56,13 +57,30 @@ def test_freqd_loss_is_smaller_for_a_student_aligned_with_the_teacher(tiny):
     assert losses["aligned"] < 1e-5 < 0.1 < losses["shuffled"]
 
 
-def test_fit_trains_and_restores_best(tiny):
+def test_fit_trains_and_restores_best(tiny, monkeypatch):
+    """Validation scores scripted as 0.1, 0.3, 0.2: fit reports epoch 2 as the best and hands back the weights it
+    had then, not the last epoch's."""
+    import kdbench.train as train_mod
+    real, scores, snapshots = train_mod.evaluate_model, iter([0.1, 0.3, 0.2]), []
+
+    def scripted(model, ds, split="valid", **kw):
+        res = real(model, ds, split, **kw)
+        if split != "valid":
+            return res
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return SimpleNamespace(means={**res.means, "ndcg@20": next(scores)})
+    monkeypatch.setattr(train_mod, "evaluate_model", scripted)
+
     teacher, student, d = make_distiller(tiny, "bprmf", "freqd")
     before = teacher.user_repr.clone()
     res = fit(student, tiny, RoleConfig(dim=4, lr=1e-2, wd=0.0, batch_size=64), TrainConfig(max_epochs=3, patience=3),
               seed=0, distiller=d, weight=0.5)
-    assert res.epochs == 3 and 1 <= res.best_epoch <= 3 and len(res.history) == 3
+    assert (res.epochs, res.best_epoch, len(res.history)) == (3, 2, 3)
+    assert [h["valid_ndcg@20"] for h in res.history] == [0.1, 0.3, 0.2] and res.best_valid["ndcg@20"] == 0.3
     assert set(res.history[0]["losses"]) == {"base", "kd_feat"}
+    restored = student.state_dict()
+    assert all(torch.equal(restored[k], snapshots[1][k]) for k in restored)
+    assert not all(torch.equal(restored[k], snapshots[2][k]) for k in restored)
     assert torch.equal(teacher.user_repr, before)
     assert res.timing["precompute_s"] >= 0 and res.timing["epoch_s"] > 0
 
@@ -73,10 +91,14 @@ def test_training_flushes_denormals_to_zero(tiny):
     tiny_product = lambda: (torch.tensor([1e-30]) * torch.tensor([1e-10])).item()  # noqa: E731
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush denormals")
-    assert tiny_product() > 0  # a denormal, computed the slow way
-    m = BACKBONES.get("bprmf")(tiny, 4, BACKBONES.get("bprmf").Config())
-    fit(m, tiny, RoleConfig(dim=4, lr=1e-2, wd=0.0, batch_size=64), TrainConfig(max_epochs=1, patience=1), seed=0)
-    assert tiny_product() == 0.0
+    try:
+        assert tiny_product() > 0  # a denormal, computed the slow way
+        m = BACKBONES.get("bprmf")(tiny, 4, BACKBONES.get("bprmf").Config())
+        fit(m, tiny, RoleConfig(dim=4, lr=1e-2, wd=0.0, batch_size=64), TrainConfig(max_epochs=1, patience=1),
+            seed=0)
+        assert tiny_product() == 0.0
+    finally:  # later tests see the process as they would without this one
+        torch.set_flush_denormal(False)
 
 
 def test_registry_unknown_name_lists_close_matches():

@@ -1,6 +1,7 @@
 """Third-party distillers: entry points of an installed distribution, and --import of a module file."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -83,7 +84,6 @@ def test_import_option_registers_a_module_file(tiny_folder, tmp_path):
 
 def test_readme_plugin_example_runs(tiny_folder, tmp_path):
     """The complete minimal example in the README works as documented."""
-    import re
     from pathlib import Path
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.search(r"```python\n# mykd.py\n(.*?)```", readme, re.S).group(1)
@@ -94,3 +94,21 @@ def test_readme_plugin_example_runs(tiny_folder, tmp_path):
     assert res.returncode == 0, res.stderr
     rec = json.loads((out / "cells" / "tinyds__bprmf__cosine_kd__seed0.json").read_text())
     assert rec["status"] == "ok" and "kd_cos" in rec["history"][0]["losses"]
+
+
+def test_broken_plugins_are_listed_under_their_own_kind(tmp_path):
+    """An entry point that fails to import is reported as BROKEN where its kind is listed, and only there; kdbench
+    itself still works."""
+    site = tmp_path / "site"
+    info = site / "kdbench_broken-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdbench-broken\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[kdbench.distillers]\nbadkd = no_such_module:X\n\n"
+                                           "[kdbench.datasets]\nbadds = no_such_module:Y\n")
+    listed = _run(["list"], {"PYTHONPATH": str(site)}, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    _, *parts = re.split(r"^(methods|backbones|datasets):$", listed.stdout, flags=re.M)
+    sections = dict(zip(parts[::2], parts[1::2]))
+    assert "badkd" in sections["methods"] and "BROKEN" in sections["methods"] and "freqd" in sections["methods"]
+    assert "badds" in sections["datasets"] and "no_such_module" in sections["datasets"]
+    assert "BROKEN" not in sections["backbones"] and "badkd" not in sections["datasets"]
