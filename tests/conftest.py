@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import write_list_file
 
 from kdbench.datasets.synthetic import make_synthetic
 
@@ -19,14 +19,6 @@ def _isolated_cache(tmp_path, monkeypatch):
 def tiny():
     """60 users × 80 items of planted low-rank data, split 8:1:1."""
     return make_synthetic(n_users=60, n_items=80, rank=8, mean_items=15, seed=1)
-
-
-def write_list_file(path: Path, pairs: np.ndarray) -> None:
-    lines = []
-    for u in np.unique(pairs[:, 0]):
-        items = pairs[pairs[:, 0] == u, 1]
-        lines.append(" ".join(map(str, [u, *items])))
-    path.write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture

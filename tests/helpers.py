@@ -1,7 +1,11 @@
 """Builders shared by tests: a teacher/student/distiller triple and a fixed batch on tiny data; cell records
-written without training, for the tables and the report."""
+written without training, for the tables and the report; the counts of a grid run's summary line; a LightGCN
+list file."""
 import dataclasses
+import re
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdbench.backbones import BACKBONES
@@ -50,8 +54,21 @@ def make_record(method, seed, ndcg20, dataset="toy", backbone="bprmf", epoch_s=1
             "config": {"train": {"early_stop": "ndcg@20"}}}
 
 
+def summary_counts(stderr: str) -> dict:
+    """The counts of the final ``N cells run, N skipped ..., N running elsewhere, N failed`` line of a run's log."""
+    m = re.search(r"(\d+) cells run, (\d+) skipped \(done before\), (\d+) running elsewhere, (\d+) failed", stderr)
+    assert m, stderr
+    return dict(zip(("run", "skipped", "busy", "failed"), map(int, m.groups())))
+
+
 def write_cells(out, records):
     for r in records:
         stem = f"{r['dataset']['name']}__{r['backbone']}__{r['method']}__seed{r['seed']}"
         write_json(out / "cells" / f"{stem}.json", r)
     return records
+
+
+def write_list_file(path: Path, pairs: np.ndarray) -> None:
+    """``pairs`` as a LightGCN list file: one line per user, ``user item item ...``."""
+    lines = [" ".join(map(str, [u, *pairs[pairs[:, 0] == u, 1]])) for u in np.unique(pairs[:, 0])]
+    path.write_text("\n".join(lines) + "\n")

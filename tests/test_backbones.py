@@ -15,6 +15,7 @@ from kdbench.train import RoleConfig, TrainConfig, fit
 
 
 def test_lightgcn_matches_dense_propagation(tiny):
+    torch.manual_seed(0)  # model init and the random weights/negatives below
     B = BACKBONES.get("lightgcn")
     m = B(tiny, 6, B.Config(n_layers=3))
     a = torch.tensor(normalized_adjacency(tiny).toarray())
@@ -37,6 +38,7 @@ def test_lightgcn_matches_dense_propagation(tiny):
 
 
 def test_simplex_user_is_gated_history_mean(tiny):
+    torch.manual_seed(0)  # model init and the random weights/negatives below
     B = BACKBONES.get("simplex")
     cfg = dataclasses.replace(B.Config(), max_len=3, gamma=0.3, num_ns=4)
     m = B(tiny, 5, cfg).eval()

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import summary_counts, write_list_file
 
 from kdbench import executors
 from kdbench.cli import main
@@ -21,12 +21,6 @@ FULL_STEMS = [f"tinyds__bprmf__{m}__seed{s}" for s in (0, 1) for m in ("teacher"
 SMALL_STEMS = [s for s in FULL_STEMS if s.endswith("seed0")]
 # what a cell computes; the rest of a record (timing, environment, timestamps) legitimately differs between runs
 COMPARED = ("metrics", "valid_metrics", "best_epoch", "epochs", "config_hash", "n_test_users")
-
-
-def _summary(stderr: str) -> dict:
-    m = re.search(r"(\d+) cells run, (\d+) skipped \(done before\), (\d+) running elsewhere, (\d+) failed", stderr)
-    assert m, stderr
-    return dict(zip(("run", "skipped", "busy", "failed"), map(int, m.groups())))
 
 
 def _records(out, stems) -> dict:
@@ -56,8 +50,7 @@ def tinyds(tmp_path_factory, tiny):
         pairs = getattr(tiny, split).copy()
         pairs[:, 0] += 1000
         pairs[:, 1] += 5000
-        lines = [" ".join(map(str, [u, *pairs[pairs[:, 0] == u, 1]])) for u in np.unique(pairs[:, 0])]
-        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        write_list_file(folder / f"{split}.txt", pairs)
     return folder
 
 
@@ -98,14 +91,14 @@ def test_threads_per_worker():
 def test_local_workers_match_the_sequential_run(tinyds, tmp_path, reference, capsys, loky_shutdown):
     capsys.readouterr()
     assert _run(tinyds, tmp_path, FULL, "--workers", "2") == 0
-    assert _summary(capsys.readouterr().err) == {"run": 6, "skipped": 0, "busy": 0, "failed": 0}
+    assert summary_counts(capsys.readouterr().err) == {"run": 6, "skipped": 0, "busy": 0, "failed": 0}
     recs = _records(tmp_path / "out", FULL_STEMS)
     _assert_same_cells(recs, reference)
     # each worker ran with cores // workers intra-op threads (records note the count they trained with)
     assert {r["environment"]["threads"] for r in recs.values()} == {threads_per_worker(2)}
     # a second parallel run finds every cell done (the outcomes come back from the workers)
     assert _run(tinyds, tmp_path, FULL, "--workers", "2") == 0
-    assert _summary(capsys.readouterr().err) == {"run": 0, "skipped": 6, "busy": 0, "failed": 0}
+    assert summary_counts(capsys.readouterr().err) == {"run": 0, "skipped": 6, "busy": 0, "failed": 0}
 
 
 def test_threads_option_sets_each_cells_threads_and_changes_no_metric(tinyds, tmp_path, reference):
@@ -139,7 +132,7 @@ def test_dask_local_cluster_matches_the_sequential_run(tinyds, tmp_path, referen
     pytest.importorskip("dask.distributed")
     capsys.readouterr()
     assert _run(tinyds, tmp_path, SMALL, "--executor", "dask", "--workers", "2") == 0
-    assert _summary(capsys.readouterr().err) == {"run": 3, "skipped": 0, "busy": 0, "failed": 0}
+    assert summary_counts(capsys.readouterr().err) == {"run": 3, "skipped": 0, "busy": 0, "failed": 0}
     recs = _records(tmp_path / "out", SMALL_STEMS)
     _assert_same_cells(recs, reference)
     assert {r["environment"]["threads"] for r in recs.values()} == {threads_per_worker(2)}
@@ -154,7 +147,7 @@ def test_submitit_clusters_match_the_sequential_run(tinyds, tmp_path, reference,
         assert _run(tinyds, tmp_path, SMALL, "--executor", "slurm", "--slurm-cluster", cluster) == 0
     finally:
         torch.set_num_threads(threads)  # the debug cluster runs the jobs in this process, with --slurm-cpus threads
-    assert _summary(capsys.readouterr().err) == {"run": 3, "skipped": 0, "busy": 0, "failed": 0}
+    assert summary_counts(capsys.readouterr().err) == {"run": 3, "skipped": 0, "busy": 0, "failed": 0}
     _assert_same_cells(_records(tmp_path / "out", SMALL_STEMS), reference)
     logs = tmp_path / "out" / "slurm"
     assert logs.is_dir() and any(logs.iterdir())  # submitit's job folder: pickled jobs, logs, results
@@ -207,7 +200,7 @@ def test_two_concurrent_runs_train_every_cell_once(tmp_path, tinyds):
     for stem in stems:  # trained by exactly one of the two processes
         kind = "training teacher" if "__teacher__" in stem else "training ..."
         assert len(re.findall(rf"{re.escape(stem)}: {re.escape(kind)}", both)) == 1, stem
-    counts = [_summary(e) for e in errs]
+    counts = [summary_counts(e) for e in errs]
     assert all(c["failed"] == 0 and c["run"] + c["skipped"] + c["busy"] == len(stems) for c in counts), counts
     assert not (out / "cells" / "superseded").exists()   # no record, teacher or method, was written twice
     assert sum(c["run"] for c in counts) == len(stems), counts

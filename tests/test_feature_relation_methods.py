@@ -1,4 +1,5 @@
 """DE (feature-based), FTD and HTD (relation-based): gradients, reference identities, the expert bank, annealing."""
+import copy
 import dataclasses
 
 import pytest
@@ -41,16 +42,47 @@ def _entities(tiny, student, out):
     return users, items
 
 
+def _on_raw_tables(teacher, student, out):
+    """The same teacher and batch with the raw ID tables standing in for the final representations."""
+    raw_teacher = copy.copy(teacher)
+    raw_teacher.user_repr, raw_teacher.item_repr = teacher.raw_user, teacher.raw_item
+    return raw_teacher, dataclasses.replace(out, _all=student.raw_embeddings())
+
+
+def _replayed(student, distiller, out):
+    """Loss and item-table gradient, with the Gumbel noise restarted so that every distiller draws the same."""
+    distiller.precompute()
+    return _value_and_grad(student, distiller.loss, out)
+
+
 @pytest.mark.parametrize("backbone", ["lightgcn", "simplex"])
 def test_raw_feature_source(tiny, backbone):
+    """``feature_source="raw"`` distils the ID tables (student and teacher): its loss and gradient equal those of the
+    default ("final") path fed the raw tables, and differ from the default on the propagated/normalised features."""
     for method in ("de", "ftd", "htd"):
-        _, student, d = make_distiller(tiny, backbone, method, feature_source="raw")
-        d.precompute()
+        teacher, student, d = make_distiller(tiny, backbone, method, feature_source="raw")
+        cls, final_cfg = type(d), dataclasses.replace(d.cfg, feature_source="final")
+        final = cls(teacher, student, tiny, final_cfg)
+        final.load_state_dict(d.state_dict())               # same experts and gates as ``d``
         out = student(*make_batch(tiny, student))
-        loss = sum(d.loss(out).values())
-        assert torch.isfinite(loss)
-        loss.backward()
-        assert student.item_emb.weight.grad.abs().sum() > 0
+        raw_teacher, raw_out = _on_raw_tables(teacher, student, out)
+        ref = cls(raw_teacher, student, tiny, final_cfg)
+        ref.load_state_dict(d.state_dict())
+        (v_raw, g_raw), (v_ref, g_ref) = _replayed(student, d, out), _replayed(student, ref, raw_out)
+        v_final, g_final = _replayed(student, final, out)
+        assert torch.isfinite(v_raw) and g_raw.abs().sum() > 0
+        torch.testing.assert_close(v_raw, v_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g_raw, g_ref, rtol=1e-5, atol=1e-7)
+        # "final" gives another loss (by 10x the tolerance of the match above at least) and another gradient
+        assert (v_raw - v_final).abs() > 1e-4 * v_final.abs(), method
+        assert (g_raw - g_final).norm() > 1e-2 * g_final.norm(), method
+        if method == "ftd":                                  # and an independent formula on the raw tables
+            neg = out.neg if d.cfg.kd_all_negatives else out.neg[:, :1]       # SimpleX: first column only
+            users, items = torch.unique(out.users), torch.unique(torch.cat([out.pos, neg.reshape(-1)]))
+            s = torch.cat([student.user_emb.weight[users], student.item_emb.weight[items]])
+            t = torch.cat([teacher.raw_user[users], teacher.raw_item[items]])
+            want, _, _ = _ftd_reference(s.double(), t.double())
+            torch.testing.assert_close(v_raw.double(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_simplex_caps_negatives_by_default():

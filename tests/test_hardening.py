@@ -3,7 +3,6 @@ records are never destroyed (kept under cells/superseded/)."""
 import gzip
 import json
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import summary_counts
 
 from kdbench import records
 from kdbench.cli import main
@@ -24,13 +24,6 @@ STEMS = [f"tinyds__bprmf__{m}__seed{s}" for s in SEEDS for m in ["teacher", *MET
 QUICK = ["--set", "train.max_epochs=2", "--set", "teacher.dim=16", "--set", "student.dim=4", "--quiet"]
 STUDENT = "tinyds__bprmf__student__seed0"
 TEACHER = "tinyds__bprmf__teacher__seed0"
-
-
-def _summary(stderr: str) -> dict:
-    """The counts of the final ``N cells run, N skipped ..., N running elsewhere, N failed`` line."""
-    m = re.search(r"(\d+) cells run, (\d+) skipped \(done before\), (\d+) running elsewhere, (\d+) failed", stderr)
-    assert m, stderr
-    return dict(zip(("run", "skipped", "busy", "failed"), map(int, m.groups())))
 
 
 def _ok_records(cells) -> dict:
@@ -89,7 +82,7 @@ def test_sigkill_at_random_points_then_rerun_completes_every_cell_once(tmp_path,
 
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
-    counts = _summary(res.stderr)
+    counts = summary_counts(res.stderr)
     # the cells finished before the kills are skipped, not retrained: their records are byte-identical
     assert counts == {"run": len(STEMS) - len(snapshot), "skipped": len(snapshot), "busy": 0, "failed": 0}
     for stem, data in snapshot.items():
@@ -257,7 +250,7 @@ def test_corrupt_record_is_rerun_and_the_garbage_kept(tmp_path, tiny_folder, cap
     path.write_bytes(garbage)
     capsys.readouterr()
     assert _run_student(tiny_folder, out) == 0
-    assert _summary(capsys.readouterr().err) == {"run": 1, "skipped": 1, "busy": 0, "failed": 0}
+    assert summary_counts(capsys.readouterr().err) == {"run": 1, "skipped": 1, "busy": 0, "failed": 0}
     [kept] = _superseded(out, STUDENT)
     assert kept.read_bytes() == garbage and kept.with_suffix(".npz").read_bytes() == old_npz
     new = json.loads(path.read_text())
@@ -275,7 +268,7 @@ def test_record_of_another_config_is_kept_when_the_cell_reruns(tmp_path, tiny_fo
     teacher = (out / "cells" / f"{TEACHER}.json").read_bytes()
     capsys.readouterr()
     assert _run_student(tiny_folder, out, "--set", "student.lr=0.002") == 0
-    assert _summary(capsys.readouterr().err) == {"run": 1, "skipped": 1, "busy": 0, "failed": 0}
+    assert summary_counts(capsys.readouterr().err) == {"run": 1, "skipped": 1, "busy": 0, "failed": 0}
     [kept] = _superseded(out, STUDENT)
     assert kept.read_bytes() == old
     new = json.loads(path.read_text())
@@ -291,7 +284,7 @@ def test_rerun_keeps_the_old_records(tmp_path, tiny_folder, capsys):
     old = {s: (out / "cells" / f"{s}.json").read_bytes() for s in (STUDENT, TEACHER)}
     capsys.readouterr()
     assert _run_student(tiny_folder, out, "--rerun") == 0
-    assert _summary(capsys.readouterr().err) == {"run": 2, "skipped": 0, "busy": 0, "failed": 0}
+    assert summary_counts(capsys.readouterr().err) == {"run": 2, "skipped": 0, "busy": 0, "failed": 0}
     for stem, data in old.items():
         [kept] = _superseded(out, stem)
         assert kept.read_bytes() == data
@@ -370,16 +363,23 @@ def test_a_task_that_fails_outside_its_cell_does_not_stop_the_map(tmp_path, tiny
     assert run_task(runner.settings, "[1/1]", cells[0]) == (cells[0].stem, "failed")
 
 
-def test_a_plugin_file_imported_twice_registers_once(tmp_path):
+def test_a_plugin_file_imported_twice_registers_once(tmp_path, monkeypatch):
     from kdbench.methods import DISTILLERS
     from kdbench.registry import import_plugin_module
+    # the registration and the imported module end with the test
+    for attr in ("_entries", "_origin"):
+        monkeypatch.setattr(DISTILLERS, attr, dict(getattr(DISTILLERS, attr)))
+    monkeypatch.setattr(DISTILLERS, "_plugins_loaded", DISTILLERS._plugins_loaded)
+    module = "kdbench_plugin_twice_kd"              # the name import_plugin_module gives twice_kd.py
+    monkeypatch.setitem(sys.modules, module, None)  # teardown restores what was there (here: nothing) ...
+    monkeypatch.delitem(sys.modules, module)        # ... and the test starts without it
     plugin = tmp_path / "twice_kd.py"
     plugin.write_text("from kdbench.methods import register_distiller\n"
                       "from kdbench.methods.student import StudentOnly\n"
                       "register_distiller('twice_kd')(type('TwiceKD', (StudentOnly,), {}))\n")
     import_plugin_module(str(plugin))
     import_plugin_module(str(plugin))   # e.g. the parent and an in-process task of --workers 2
-    assert "twice_kd" in DISTILLERS.list()
+    assert "twice_kd" in DISTILLERS.list() and module in sys.modules
 
 
 def test_dotted_method_names_take_overrides():

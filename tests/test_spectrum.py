@@ -24,6 +24,7 @@ from kdbench.spectrum import (
     bipartite_spectrum,
     chebyshev_band_energy,
     exact_band_energy,
+    load_record_dataset,
     normalized_rating,
     ridge_map,
     spectrum_of,
@@ -168,7 +169,16 @@ def test_analyze_freq_on_a_tiny_grid(tmp_path, tiny_folder, caplog):
     assert main(["analyze", "freq", str(out), "--dataset", name, "--backbone", "bprmf", "--bands", "equal_count",
                  "--mode", "exact", "--cache-dir", str(cache)]) == 0
     counted = pd.read_csv(paths[0])
-    assert counted.lambda_lo.iloc[:4].tolist() != [0, 0.5, 1, 1.5]
+    edges = np.append(counted.lambda_lo.iloc[:4], counted.lambda_hi.iloc[3])
+    ds = load_record_dataset(json.loads((out / "cells" / f"{name}__bprmf__student__seed0.json").read_text()))
+    lam = np.linalg.eigvalsh(np.eye(ds.n_users + ds.n_items) - normalized_adjacency(ds).toarray())  # dense L
+    # the edges are those of the graph's own spectrum (a dense eigendecomposition here, not the code's SVD path) ...
+    np.testing.assert_allclose(edges, band_edges("equal_count", lam), atol=1e-8)   # the CSV keeps 10 digits
+    # ... and split it into quarters: the outer bands hold exactly N/4 eigenvalues; the middle edge falls in the
+    # null space (λ = 1), which no band splits, so only the two middle bands together are counted
+    counts = np.bincount(band_index(lam, edges), minlength=4)
+    assert len(lam) % 4 == 0 and counts[0] == counts[3] == len(lam) // 4 and counts[1] + counts[2] == len(lam) // 2
+    assert edges[2] == pytest.approx(1.0) and np.isclose(lam, 1.0).sum() > 1
     with pytest.raises(ValueError, match="exact"):
         analyze_freq(out, name, "bprmf", 0, bands="equal_count", mode="chebyshev", cache_dir=cache)
     with pytest.raises(ValueError, match="teacher cache"):
