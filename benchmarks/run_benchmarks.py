@@ -3,6 +3,7 @@
     python benchmarks/run_benchmarks.py eval      # full ranking, Gowalla-sized, vs matmul+topk floor
     python benchmarks/run_benchmarks.py epochs    # epoch times: Gowalla students/teacher, CiteULike methods
     python benchmarks/run_benchmarks.py checkpoint  # save/load time of a 2000-d teacher's training state
+    python benchmarks/run_benchmarks.py floors    # lower bounds on KD's, FitNet's and FreqD's epochs
     python benchmarks/run_benchmarks.py all
     python benchmarks/run_benchmarks.py epochs --methods all --no-gowalla --cells citeulike/bprmf,citeulike/lightgcn
 
@@ -253,6 +254,80 @@ def one_epoch_run(dataset: str, backbone: str, method: str, role: str, epochs: i
     return out
 
 
+def _best_of(fn, reps: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_floors(student_epoch_s: float) -> list[dict]:
+    """Lower bounds on three methods' epochs (CiteULike, BPRMF, the spec's 400-d teacher and 20-d student): the
+    student's own epoch plus only the bare kernels that the method cannot do without, timed here on random data of
+    its shapes — no autograd, no loss, no optimiser, no gathers but FitNet's. If even such a floor misses a speed
+    target, no implementation of the same computation meets it on this machine.
+
+    - kd: the per-epoch ranking of all items for every user that the student guide needs (one matmul + top-50 in
+      the evaluator's cache-sized chunks, as ``bench_eval``'s floor);
+    - fitnet: per step, the gather of the batch's teacher rows and the two [n_e × d_t] × [d_t × d_s] products of
+      its closed form (the loss and the projector's gradient);
+    - freqd: per step, the projector MLP's six GEMMs (forward, input and weight gradients of d_s → h → d_t) on the
+      batch's entities, split per side as the two projectors are (the report divides the method's FLOPs by the
+      floor epoch and compares with the dense matmul of the same run)."""
+    from kdbench.datasets import load_dataset
+    from kdbench.evaluate import CHUNK_BYTES
+
+    ds = load_dataset("citeulike", DATA)
+    d_s, d_t, k = 20, 400, 50
+    ent = count_entities(ds, 2048)
+    steps, n_u, n_i = ent["steps"], round(ent["users"]), round(ent["pos"] + ent["neg"])
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    out = []
+
+    u, it = rnd(ds.n_users, d_s), rnd(d_s, ds.n_items)
+    chunk = CHUNK_BYTES // (4 * ds.n_items)
+
+    def ranking():
+        with torch.inference_mode():
+            for s in range(0, ds.n_users, chunk):
+                torch.topk(u[s:s + chunk] @ it, k, dim=1)
+    rank_s = _best_of(ranking)
+    out.append({"method": "kd", "floor_added_s": rank_s, "what": f"ranking {ds.n_users}×{ds.n_items}, top-{k}",
+                "target_x": 2.0})
+
+    teacher, n_e = rnd(ds.n_users + ds.n_items, d_t), n_u + n_i
+    rows = torch.randint(len(teacher), (n_e,), generator=g)
+    s_e, p_w = rnd(n_e, d_s), rnd(d_t, d_s)
+
+    def fitnet_step():
+        t = teacher[rows]
+        t @ p_w        # Pᵀt per entity: the loss's cross term and the students' gradient
+        t.t() @ s_e    # Σ t sᵀ: the projector's gradient
+    out.append({"method": "fitnet", "floor_added_s": steps * _best_of(fitnet_step, 20),
+                "what": f"{steps} × (gather {n_e}×{d_t} + 2 GEMMs)", "target_x": 2.0})
+
+    h = (d_s + d_t) // 2
+    w1, w2 = rnd(h, d_s), rnd(d_t, h)
+    sides = [(rnd(n, d_s), rnd(n, h), rnd(n, d_t)) for n in (n_u, n_i)]
+
+    def freqd_step():
+        for x, hid, gout in sides:
+            x @ w1.t(), hid @ w2.t()        # forward
+            gout @ w2, gout.t() @ hid       # layer 2: input and weight gradients
+            hid @ w1, hid.t() @ x           # layer 1
+    flops = steps * 3 * 2 * n_e * (d_s * h + h * d_t)
+    out.append({"method": "freqd", "floor_added_s": steps * _best_of(freqd_step, 20), "flops": flops,
+                "what": f"{steps} × projector GEMMs ({n_u} + {n_i} rows, {d_s}→{h}→{d_t})", "target_pct": 50.0})
+    for r in out:
+        r["floor_epoch_s"] = student_epoch_s + r["floor_added_s"]
+        r["floor_x"] = r["floor_epoch_s"] / student_epoch_s
+    return out
+
+
 PROFILE = "paper"   # the settings (teacher size) the method timings use; --profile cpu for the grid's
 
 
@@ -302,6 +377,20 @@ def report(results: dict, gflops: float) -> str:
             lines.append(f"{method} step with {100 * frac:g}% of the expert weights denormal: {off:.0f} ms as is, "
                          f"{on:.0f} ms flushed to zero ({off / on:.1f}×)")
         lines.append("")
+    if "floors" in results:
+        lines += [f"lower bounds, CiteULike BPRMF (teacher 400-d, student 20-d): the student's epoch "
+                  f"({results['floors_student_epoch_s']:.3f} s, timed in this run) + the method's bare kernels",
+                  "", "| method | bare kernels | target | measured epoch_s | measured overhead_x | measured % of "
+                  "matmul | floor epoch_s | floor overhead_x | floor % of matmul |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        base = results["floors_student_epoch_s"]
+        for r in results["floors"]:
+            target = f"≥ {r['target_pct']:.0f} % of matmul" if "target_pct" in r else f"≤ {r['target_x']:.0f}×"
+            m, fl = r["measured_epoch_s"], r.get("flops")
+            pct = [f"{100 * fl / t / 1e9 / gflops:.0f} %" if fl else "" for t in (m, r["floor_epoch_s"])]
+            lines.append(f"| {r['method']} | {r['what']} | {target} | {m:.3f} | {m / base:.2f} | {pct[0]} | "
+                         f"{r['floor_epoch_s']:.3f} | {r['floor_x']:.2f} | {pct[1]} |")
+        lines.append("")
     if "epochs" in results:
         # throughput over the whole epoch (the student's own training included) and over the time the method adds
         lines.append("| dataset | run | epoch_s | overhead_x | precompute_s | peak_rss_mb | GFLOP/epoch | GFLOP/s | "
@@ -339,7 +428,7 @@ def main() -> None:
         print(json.dumps(denormal_steps(sys.argv[2], bool(int(sys.argv[3])), float(sys.argv[4]))))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["eval", "epochs", "checkpoint", "denormals", "all"])
+    p.add_argument("what", choices=["eval", "epochs", "checkpoint", "denormals", "floors", "all"])
     p.add_argument("--epochs", type=int, default=4, help="epochs per timing run (the first is warm-up)")
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--denormal-fraction", type=float, default=0.01,
@@ -362,6 +451,13 @@ def main() -> None:
         results["eval"] = bench_eval()
     if args.what in ("denormals", "all"):
         results["denormals"] = bench_denormals(args.denormal_fraction)
+    if args.what == "floors":  # the methods' measured epochs and their floors, from the same run
+        measured = {m: run_child("citeulike", "bprmf", m, "student", str(args.epochs))["epoch_s"]
+                    for m in ("student", "kd", "fitnet", "freqd")}
+        results["floors_student_epoch_s"] = measured["student"]
+        results["floors"] = bench_floors(measured["student"])
+        for r in results["floors"]:
+            r["measured_epoch_s"] = measured[r["method"]]
     if args.what in ("epochs", "all"):
         methods = {"baselines": "rd,cd,rrd,de,ftd,htd",
                    "all": "kd,fitnet,freqd,freqd.nofilter,rd,cd,rrd,de,ftd,htd,de+rrd"}.get(args.methods, args.methods)
