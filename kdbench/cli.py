@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set freqd.alpha=0.3 --set student.lr=1e-3 (repeatable)")
-    r.add_argument("--config", help="TOML file with run options (datasets, methods, workers, ...; underscores for dashes) and a [set] table")
+    r.add_argument("--config", help="TOML file with run options (datasets, methods, workers, ...; underscores "
+                   "for dashes) and a [set] table")
     r.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module or .py file that registers extra methods/backbones/datasets")
     r.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")

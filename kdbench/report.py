@@ -197,14 +197,26 @@ def _date_range(records: list[dict]) -> str:
     return f"{lo} → {hi}"
 
 
+def compute_hours(records: list[dict]) -> dict[str, float]:
+    """Hours of cell time per backbone: training epochs, evaluation and precomputation summed over the ok records
+    (a resumed cell counts its epochs before the resume too; time paused or waiting for a teacher is not counted)."""
+    hours: dict[str, float] = {}
+    for r in ok_records(records):
+        t = r.get("timing") or {}
+        secs = sum(float(t.get(k) or 0.0) for k in ("train_s", "eval_s", "precompute_s"))
+        hours[str(r.get("backbone"))] = hours.get(str(r.get("backbone")), 0.0) + secs / 3600
+    return hours
+
+
 def run_summary(records: list[dict]) -> list[str]:
-    """Provenance lines: protocol, datasets, seeds, commits, machine and dates of the records."""
+    """Provenance lines: protocol, datasets, seeds, commits, machine, dates and compute time of the records."""
     envs = [r.get("environment") or {} for r in records]
     commits = _uniq(f"{e['git_commit'][:12]}{'+dirty' if e.get('git_dirty') else ''}"
                     for e in envs if e.get("git_commit"))
     machines = _uniq(f"{e.get('cpu', '?')}, {e.get('threads', '?')} thread(s)" for e in envs if e)
     protocols = _uniq(r.get("protocol") or r.get("profile") for r in records)
     n_ok = len(ok_records(records))
+    hours = compute_hours(records)
     return [f"- protocol: {'; '.join(map(str, protocols)) or '?'}",
             (f"- datasets: {', '.join(_uniq(_name(r) for r in records)) or '?'}; "
              f"backbones: {', '.join(_uniq(r.get('backbone') for r in records)) or '?'}"),
@@ -212,7 +224,9 @@ def run_summary(records: list[dict]) -> list[str]:
             f"- commit(s): {', '.join(commits) or 'unknown'}",
             f"- machine: {'; '.join(machines) or 'unknown'}",
             f"- dates: {_date_range(records)}",
-            f"- cells: {n_ok} ok, {len(records) - n_ok} not ok"]
+            f"- cells: {n_ok} ok, {len(records) - n_ok} not ok",
+            f"- compute: {sum(hours.values()):.1f} h of cell time (training, evaluation, precomputation; "
+            f"{', '.join(f'{b} {h:.1f} h' for b, h in sorted(hours.items())) or 'none'})"]
 
 
 def gain_table(summary: pd.DataFrame, dataset: str, backbone: str) -> str:

@@ -7,7 +7,7 @@ import pytest
 from helpers import make_record, write_cells
 
 from kdbench.cli import main
-from kdbench.report import history_key, per_seed_gains, summarize_gains, write_report
+from kdbench.report import history_key, per_seed_gains, run_summary, summarize_gains, write_report
 
 
 def _gain(gains, method, seed):
@@ -75,6 +75,7 @@ def test_write_report(run_dir):
     assert "| rrd      | 1       | +20.00 " in text
     assert "abcdef012345" in text and "Test CPU, 1 thread(s)" in text
     assert "2026-01-01T10:00:00+00:00 → 2026-01-02T11:00:00+00:00" in text
+    assert "- compute: " in text  # its figures: test_compute_hours_per_backbone
     assert "hetcomp" in text and "RuntimeError: out of memory" in text
 
     figures = ["gain__toy__bprmf.png", "gain_vs_cost__toy__bprmf.png",
@@ -123,3 +124,15 @@ def test_gain_vs_cost_axis_turns_logarithmic_for_a_wide_range_of_overheads():
     assert overhead_axis_scale([1.5, 2.0, 4.3]) == "linear"
     assert overhead_axis_scale([2.1, 8.0, 117.0]) == "log"  # BPRMF's response methods beside DE/HTD
     assert overhead_axis_scale([0.5, 4.9]) == "linear"      # the axis starts at the student's 1× or below it
+
+
+def test_compute_hours_per_backbone():
+    from kdbench.report import compute_hours
+    recs = [make_record("student", 0, 0.1, epoch_s=600.0),                     # 1800 + 0.5 s
+            make_record("kd", 0, 0.1, epoch_s=1200.0, backbone="lightgcn"),    # 3600 + 0.5 s
+            make_record("hetcomp", 0, 0.0, status="failed", error="boom")]     # not counted
+    recs[0]["timing"]["precompute_s"] = 1799.0
+    hours = compute_hours(recs)
+    assert hours == pytest.approx({"bprmf": (1800 + 0.5 + 1799) / 3600, "lightgcn": (3600 + 0.5) / 3600})
+    assert "- compute: 2.0 h of cell time (training, evaluation, precomputation; bprmf 1.0 h, lightgcn 1.0 h)" \
+        in run_summary(recs)
