@@ -1,7 +1,8 @@
 """FreqD's projector + cosine loss, as kdbench computes it, against a closed form that never builds the
 [n, d_t] projector output (a negative result kept so that it can be rerun; see the README's Speed section).
 
-    python benchmarks/freqd_loss_forms.py          # CiteULike batch shapes: 1,220 users + 3,683 items, 20 → 210 → 400
+    python benchmarks/freqd_loss_forms.py            # CiteULike batch shapes: 1,220 users + 3,683 items, 20 → 210 → 400
+    python benchmarks/freqd_loss_forms.py --compile  # also torch.compile of the plain form (fused element-wise work)
 
 With p = W2·hid + b2 and unit teacher rows t, 1 − cos(p, t) = 1 − (hid·W2ᵀt + b2·t) / ‖p‖ and
 ‖p‖² = hidᵀ(W2ᵀW2)hid + 2·hid·W2ᵀb2 + ‖b2‖²: everything per row is an [h] vector, at the price of [n × h × h]
@@ -10,6 +11,7 @@ interleaved (compare within one run).
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -47,6 +49,9 @@ class ClosedFormMLPCosine(torch.autograd.Function):
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the plain form")
+    args = p.parse_args()
     torch.manual_seed(0)
     hidden = (D_S + D_T) // 2
     teacher = F.normalize(torch.randn(NODES, D_T), dim=-1)
@@ -65,6 +70,15 @@ def main() -> None:
         loss.backward()
         return loss
 
+    def plain_side(proj, s, t):
+        x = proj(s)
+        return (1 - (x * t).sum(-1) / x.norm(dim=-1).clamp_min(1e-12)).sum()
+
+    def compiled_form():
+        loss = sum(compiled_side(p, s, teacher[r]) for p, s, r in zip(projs, feats, rows))
+        loss.backward()
+        return loss
+
     def value_and_grads(fn):
         for p in projs:
             p.zero_grad()
@@ -73,12 +87,21 @@ def main() -> None:
         value = fn().detach()
         return value, [x.grad.clone() for p in projs for x in p.parameters()] + [s.grad.clone() for s in feats]
 
-    (va, ga), (vb, gb) = value_and_grads(kdbench_form), value_and_grads(closed_form)
-    print(f"loss {va.item():.6f} vs {vb.item():.6f}; largest relative gradient difference "
-          f"{max(((x - y).norm() / x.norm()).item() for x, y in zip(ga, gb)):.1e}")
-    times = {f.__name__: [] for f in (kdbench_form, closed_form)}
+    forms = [kdbench_form, closed_form]
+    if args.compile:
+        compiled_side = torch.compile(plain_side, dynamic=True)
+        t = time.perf_counter()
+        compiled_form()
+        print(f"torch.compile: first call {time.perf_counter() - t:.1f} s")
+        forms.append(compiled_form)
+    va, ga = value_and_grads(kdbench_form)
+    for fn in forms[1:]:
+        vb, gb = value_and_grads(fn)
+        print(f"{fn.__name__}: loss {vb.item():.6f} vs {va.item():.6f}; largest relative gradient difference "
+              f"{max(((x - y).norm() / x.norm()).item() for x, y in zip(ga, gb)):.1e}")
+    times = {f.__name__: [] for f in forms}
     for _ in range(20):
-        for fn in (kdbench_form, closed_form):
+        for fn in forms:
             t = time.perf_counter()
             fn()
             times[fn.__name__].append(time.perf_counter() - t)
