@@ -13,6 +13,7 @@ code that trains it) no longer matches is ignored and overwritten.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import inspect
@@ -68,24 +69,81 @@ class TrainingCheckpoint:
 
 # Modules that never run while a teacher or cell trains: the command line, the tables, the report and the
 # analyses. Editing them leaves every checkpoint resumable, so that a fix to a table does not throw away hours of
-# training; every other file of the package, a new one included, versions the checkpoints.
+# training; every other file of the package, a new one included, versions the checkpoints — except the method
+# modules, which version only the cells whose method uses them (``training_files``).
 NOT_TRAINING_CODE = frozenset({"__main__.py", "cli.py", "leaderboard.py", "significance.py", "report.py",
                                "spectrum.py"})
+METHODS_DIR = "methods/"   # one module per distiller, plus their shared pieces
+PACKAGE = "kdbench"
 
 
 def source_version(*objects, package: Path | None = None) -> str:
-    """A hash of the kdbench package's Python sources that take part in training (all but ``NOT_TRAINING_CODE``)
-    and of the code defining ``objects`` (plugin methods live outside the package): a checkpoint written by other
-    code is not resumed. Each file is read once per process, so that the version is that of the code running,
-    whatever is edited on disk meanwhile."""
-    root = package or Path(__file__).parent
+    """A hash of the code a checkpoint depends on: the kdbench package's Python sources that take part in training
+    (``training_files``; for a teacher, ``objects`` is empty and no method module counts), and the code defining
+    ``objects`` and their base classes — the method modules they import when they are kdbench's own, the defining
+    files when they live outside the package (plugins). A checkpoint written by other code is not resumed. Each
+    file is read once per process, so that the version is that of the code running, whatever is edited on disk
+    meanwhile."""
+    root = (package or Path(__file__).parent).resolve()
     h = hashlib.sha256()
-    for f in sorted(root.rglob("*.py")):
-        if f.relative_to(root).as_posix() not in NOT_TRAINING_CODE:
-            h.update(f.relative_to(root).as_posix().encode() + _file_hash(f.resolve()))
-    for o in objects:
-        h.update(_object_digest(o, _source_file(o)))
+    entries = set()
+    for obj in objects:
+        for cls in (obj.__mro__ if isinstance(obj, type) else (obj,)):
+            path = _source_file(cls)
+            if path is not None and path.is_relative_to(root):
+                entries.add(path.relative_to(root).as_posix())
+            elif cls is obj:  # a plugin: its own file
+                h.update(_object_digest(obj, path))
+    for rel in training_files(root, entries):
+        h.update(rel.encode() + _file_hash(root / rel))
     return h.hexdigest()[:16]
+
+
+def training_files(root: Path, entries=()) -> list[str]:
+    """The package files (relative paths) that version a checkpoint whose code starts at ``entries``: every file
+    but ``NOT_TRAINING_CODE`` and the method modules, plus the method modules that ``entries`` import, directly or
+    through each other (followed within ``methods/`` only: the rest of the package counts whole anyway, and the
+    methods' ``__init__`` imports them all just to register them)."""
+    files = {f.relative_to(root).as_posix() for f in root.rglob("*.py")}
+    core = {f for f in files if f not in NOT_TRAINING_CODE and not f.startswith(METHODS_DIR)}
+    init = METHODS_DIR + "__init__.py"
+    todo = [e for e in entries if e.startswith(METHODS_DIR) and e != init]
+    used: set[str] = set()
+    while todo:
+        rel = todo.pop()
+        if rel in used or rel not in files:
+            continue
+        used.add(rel)
+        todo += [m for m in _imported_files(root, rel) if m.startswith(METHODS_DIR) and m != init]
+    return sorted(core | used)
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_files(root: Path, rel: str) -> tuple[str, ...]:
+    """Package files that the module ``rel`` imports (``from .x import y``, ``from ..x import y``, ``from . import
+    x``, and the same spelled ``kdbench.x``), by relative path; names that are not files are skipped."""
+    tree = ast.parse((root / rel).read_text())
+    here = rel.split("/")[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[:len(here) - node.level + 1] if node.level > 1 else here
+            elif (node.module or "").split(".")[0] == PACKAGE:
+                base = []
+            else:
+                continue
+            parts = (node.module or "").split(".") if node.module else []
+            if not node.level:
+                parts = parts[1:]
+            mod = base + parts
+            found += ["/".join(mod) + ".py", "/".join(mod + ["__init__.py"])]
+            found += ["/".join(mod + [a.name]) + ".py" for a in node.names]  # ``from . import x``: x a module
+        elif isinstance(node, ast.Import):
+            found += ["/".join(a.name.split(".")[1:]) + ".py" for a in node.names
+                      if a.name.split(".")[0] == PACKAGE and "." in a.name]
+    files = {f.relative_to(root).as_posix() for f in root.rglob("*.py")}
+    return tuple(sorted({f for f in found if f in files}))
 
 
 def plugin_source_version(obj) -> str | None:

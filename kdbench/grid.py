@@ -424,7 +424,7 @@ class GridRunner:
             student = _build(ds, cfg["backbone"], cfg["student"], cfg["seed"], self.device)
             distiller = cls(teacher, student, ds, cls.Config(**cfg["method"]["params"])).to(self.device)
             self.log(f"{tag} {stem}: training ...")
-            ckpt = self._checkpoint(stem, {"cell": chash, "teacher": t_info.get("key")}, cls)
+            ckpt = self._checkpoint(stem, {"cell": chash, "teacher": t_info.get("key")}, *cls.code_classes())
             res = fit(student, ds, _role(cfg["student"]), _train_cfg(cfg), cfg["seed"], distiller,
                       weight=cfg["method"]["params"]["weight"], progress=self.progress,
                       desc=f"{method} {ds.name}/{cfg['backbone']}", checkpoint=ckpt)

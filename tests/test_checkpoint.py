@@ -1,18 +1,26 @@
 """Mid-training checkpoints: a run stopped after some epochs and resumed ends exactly where an uninterrupted run
 ends (weights, history, early stopping), in the training loop and through ``kdbench run`` killed with SIGKILL."""
+import hashlib
 import json
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import make_distiller
 
 import kdbench
-from kdbench.checkpoint import NOT_TRAINING_CODE, TrainingCheckpoint, generator_states, source_version
+from kdbench.checkpoint import (
+    NOT_TRAINING_CODE,
+    TrainingCheckpoint,
+    generator_states,
+    source_version,
+    training_files,
+)
 from kdbench.train import RoleConfig, TrainConfig, fit
 
 TRAIN = TrainConfig(max_epochs=6, patience=100, eval_every=1)
@@ -79,24 +87,53 @@ def test_a_checkpoint_of_another_identity_or_a_damaged_one_is_not_resumed(tiny, 
 
 
 def test_checkpoints_are_versioned_by_the_code_that_trains_not_by_tables_or_cli(tmp_path):
-    def package(name, edit=None):
-        """A copy of the kdbench package (its own paths, so that no file hash is reused), edited by ``edit``."""
+    def package(name, edit=None, entries=()):
+        """Copies of the kdbench package (their own paths, so that no file hash is reused), edited by ``edit``:
+        the version of a teacher's checkpoint (no entries) and of cells whose method lives in ``entries``."""
         root = tmp_path / name
         shutil.copytree(kdbench.__path__[0], root, ignore=shutil.ignore_patterns("__pycache__"))
         if edit:
             edit(root)
-        return source_version(package=root)
+        def version(entry):  # what source_version hashes for a method defined in ``entry`` of this copy
+            return hashlib.sha256(b"".join(f.encode() + (root / f).read_bytes()
+                                           for f in training_files(root, {entry}))).hexdigest()
+        return {e: version(e) for e in entries}, source_version(package=root)
 
     def append(rel, text="\n# an edit\n"):
         return lambda root: (root / rel).write_text((root / rel).read_text() + text)
 
-    base = package("base")
+    methods = ("methods/freqd.py", "methods/de.py", "methods/htd.py")
+    base, teacher = package("base", entries=methods)
     for i, rel in enumerate(sorted(NOT_TRAINING_CODE)):  # the CLI and the tables: checkpoints stay resumable
-        assert package(f"free{i}", append(rel)) == base, rel
-    for i, rel in enumerate(["train.py", "methods/de.py", "backbones/lightgcn.py", "grid.py", "checkpoint.py"]):
-        assert package(f"train{i}", append(rel)) != base, rel
-    assert package("new", lambda root: (root / "methods" / "extra.py").write_text("X = 1\n")) != base
-    assert package("renamed", lambda root: (root / "scoring.py").rename(root / "scores.py")) != base
+        assert package(f"free{i}", append(rel), methods) == (base, teacher), rel
+    for i, rel in enumerate(["train.py", "backbones/lightgcn.py", "grid.py", "checkpoint.py"]):
+        assert package(f"train{i}", append(rel))[1] != teacher, rel
+    # a method module versions the cells of the methods that import it, and nothing else
+    for i, (rel, changed) in enumerate([("methods/de.py", {"methods/de.py"}),
+                                        ("methods/_experts.py", {"methods/de.py", "methods/htd.py"}),
+                                        ("methods/ftd.py", {"methods/htd.py"}),
+                                        ("methods/base.py", set(methods)),
+                                        ("methods/__init__.py", set())]):
+        edited, edited_teacher = package(f"method{i}", append(rel), methods)
+        assert edited_teacher == teacher, rel
+        assert {e for e in methods if edited[e] != base[e]} == changed, rel
+    assert package("new", lambda root: (root / "extra.py").write_text("X = 1\n"))[1] != teacher
+    assert package("newm", lambda root: (root / "methods" / "extra.py").write_text("X = 1\n"))[1] == teacher
+    assert package("renamed", lambda root: (root / "scoring.py").rename(root / "scores.py"))[1] != teacher
+
+
+def test_a_cells_version_covers_its_methods_modules_and_plugins():
+    from kdbench.methods import DISTILLERS
+    files = lambda m: {f for f in training_files(Path(kdbench.__path__[0]).resolve(),  # noqa: E731
+                                                 {f"methods/{m}.py"}) if f.startswith("methods/")}
+    assert files("htd") == {"methods/htd.py", "methods/ftd.py", "methods/_experts.py", "methods/_common.py",
+                            "methods/base.py"}
+    assert files("kd") == {"methods/kd.py", "methods/base.py"}
+    de, rrd, composite = (DISTILLERS.get(m) for m in ("de", "rrd", "de+rrd"))
+    assert composite.code_classes() == (composite, de, rrd)   # a composition is versioned by its parts' code
+    assert source_version(*composite.code_classes()) != source_version(composite)
+    assert source_version(DISTILLERS.get("freqd.nofilter")) == source_version(DISTILLERS.get("freqd"))
+    assert source_version(de) != source_version(rrd) != source_version()
 
 
 def _grid(tiny_folder, tmp_path, name, extra=()):

@@ -64,6 +64,12 @@ class Distiller(nn.Module):
         return {**base, **cls.backbone_defaults.get(backbone, {}),
                 **cls.dataset_defaults.get(f"{dataset}/{backbone}", {}), **cls.variant_defaults}
 
+    @classmethod
+    def code_classes(cls) -> tuple[type, ...]:
+        """The classes whose code runs when this method trains: mid-training checkpoints are versioned by their
+        source (with their base classes and the method modules they import)."""
+        return (cls,)
+
     def teacher_parameters(self):
         return self.teacher.parameters() if self.teacher is not None else iter(())
 

@@ -40,6 +40,10 @@ class Composite(Distiller):
                         for k, v in DISTILLERS.get(part).default_params(backbone, dataset).items()})
         return out
 
+    @classmethod
+    def code_classes(cls) -> tuple[type, ...]:
+        return (cls, *(c for part in cls.parts for c in DISTILLERS.get(part).code_classes()))
+
     def precompute(self) -> None:
         for m in self.members:
             m.precompute()
