@@ -202,9 +202,9 @@ def compute_hours(records: list[dict]) -> dict[str, float]:
     (a resumed cell counts its epochs before the resume too; time paused or waiting for a teacher is not counted)."""
     hours: dict[str, float] = {}
     for r in ok_records(records):
-        t = r.get("timing") or {}
+        t, backbone = r.get("timing") or {}, str(r.get("backbone"))
         secs = sum(float(t.get(k) or 0.0) for k in ("train_s", "eval_s", "precompute_s"))
-        hours[str(r.get("backbone"))] = hours.get(str(r.get("backbone")), 0.0) + secs / 3600
+        hours[backbone] = hours.get(backbone, 0.0) + secs / 3600
     return hours
 
 
