@@ -40,10 +40,24 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
+def ranking_floor(users: torch.Tensor, items: torch.Tensor, k: int = 50):
+    """The bare cost of a full ranking: scores of every user against every item and their top-``k``, in the
+    evaluator's cache-sized chunks (no masking, no metrics)."""
+    from kdbench.evaluate import CHUNK_BYTES
+
+    chunk, it = CHUNK_BYTES // (4 * len(items)), items.t().contiguous()
+
+    def run():
+        with torch.inference_mode():
+            for s in range(0, len(users), chunk):
+                torch.topk(users[s:s + chunk] @ it, k, dim=1)
+    return run
+
+
 def bench_eval() -> dict:
     """Full ranking of Gowalla's shape (29,858 users × 40,981 items, d = 20, train masked) vs the floor."""
     from kdbench.datasets import load_dataset
-    from kdbench.evaluate import CHUNK_BYTES, evaluate
+    from kdbench.evaluate import evaluate
     from kdbench.runtime import keep_freed_memory
 
     keep_freed_memory()  # as in every kdbench process, where evaluation follows training (train.fit sets it)
@@ -51,13 +65,7 @@ def bench_eval() -> dict:
     ds = load_dataset("gowalla", DATA)
     g = torch.Generator().manual_seed(0)
     u, i = torch.randn(ds.n_users, 20, generator=g), torch.randn(ds.n_items, 20, generator=g)
-    chunk = CHUNK_BYTES // (4 * ds.n_items)  # the floor gets the same cache-sized chunks
-    it = i.t().contiguous()
-
-    def floor():
-        with torch.inference_mode():
-            for s in range(0, ds.n_users, chunk):
-                torch.topk(u[s:s + chunk] @ it, 50, dim=1)
+    floor = ranking_floor(u, i)
 
     def ours():
         evaluate(u, i, ds, "test")
@@ -271,14 +279,13 @@ def bench_floors(student_epoch_s: float) -> list[dict]:
     target, no implementation of the same computation meets it on this machine.
 
     - kd: the per-epoch ranking of all items for every user that the student guide needs (one matmul + top-50 in
-      the evaluator's cache-sized chunks, as ``bench_eval``'s floor);
+      the evaluator's cache-sized chunks: ``ranking_floor``, as in ``bench_eval``);
     - fitnet: per step, the gather of the batch's teacher rows and the two [n_e × d_t] × [d_t × d_s] products of
       its closed form (the loss and the projector's gradient);
     - freqd: per step, the projector MLP's six GEMMs (forward, input and weight gradients of d_s → h → d_t) on the
       batch's entities, split per side as the two projectors are (the report divides the method's FLOPs by the
       floor epoch and compares with the dense matmul of the same run)."""
     from kdbench.datasets import load_dataset
-    from kdbench.evaluate import CHUNK_BYTES
 
     ds = load_dataset("citeulike", DATA)
     d_s, d_t, k = 20, 400, 50
@@ -288,14 +295,7 @@ def bench_floors(student_epoch_s: float) -> list[dict]:
     rnd = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
     out = []
 
-    u, it = rnd(ds.n_users, d_s), rnd(d_s, ds.n_items)
-    chunk = CHUNK_BYTES // (4 * ds.n_items)
-
-    def ranking():
-        with torch.inference_mode():
-            for s in range(0, ds.n_users, chunk):
-                torch.topk(u[s:s + chunk] @ it, k, dim=1)
-    rank_s = _best_of(ranking)
+    rank_s = _best_of(ranking_floor(rnd(ds.n_users, d_s), rnd(ds.n_items, d_s), k))
     out.append({"method": "kd", "floor_added_s": rank_s, "what": f"ranking {ds.n_users}×{ds.n_items}, top-{k}",
                 "target_x": 2.0})
 
