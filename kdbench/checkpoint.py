@@ -21,9 +21,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,12 @@ def source_version(*objects, package: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def training_files(root: Path, entries=()) -> list[str]:
+def training_files(root: Path, entries: Iterable[str] = ()) -> list[str]:
     """The package files (relative paths) that version a checkpoint whose code starts at ``entries``: every file
     but ``NOT_TRAINING_CODE`` and the method modules, plus the method modules that ``entries`` import, directly or
     through each other (followed within ``methods/`` only: the rest of the package counts whole anyway, and the
     methods' ``__init__`` imports them all just to register them)."""
-    files = {f.relative_to(root).as_posix() for f in root.rglob("*.py")}
+    files = frozenset(f.relative_to(root).as_posix() for f in root.rglob("*.py"))
     core = {f for f in files if f not in NOT_TRAINING_CODE and not f.startswith(METHODS_DIR)}
     init = METHODS_DIR + "__init__.py"
     todo = [e for e in entries if e.startswith(METHODS_DIR) and e != init]
@@ -114,12 +118,12 @@ def training_files(root: Path, entries=()) -> list[str]:
         if rel in used or rel not in files:
             continue
         used.add(rel)
-        todo += [m for m in _imported_files(root, rel) if m.startswith(METHODS_DIR) and m != init]
+        todo += [m for m in _imported_files(root, rel, files) if m.startswith(METHODS_DIR) and m != init]
     return sorted(core | used)
 
 
 @functools.lru_cache(maxsize=None)
-def _imported_files(root: Path, rel: str) -> tuple[str, ...]:
+def _imported_files(root: Path, rel: str, files: frozenset[str]) -> tuple[str, ...]:
     """Package files that the module ``rel`` imports (``from .x import y``, ``from ..x import y``, ``from . import
     x``, and the same spelled ``kdbench.x``), by relative path; names that are not files are skipped."""
     tree = ast.parse((root / rel).read_text())
@@ -142,11 +146,10 @@ def _imported_files(root: Path, rel: str) -> tuple[str, ...]:
         elif isinstance(node, ast.Import):
             found += ["/".join(a.name.split(".")[1:]) + ".py" for a in node.names
                       if a.name.split(".")[0] == PACKAGE and "." in a.name]
-    files = {f.relative_to(root).as_posix() for f in root.rglob("*.py")}
     return tuple(sorted({f for f in found if f in files}))
 
 
-def plugin_source_version(obj) -> str | None:
+def plugin_source_version(obj: object) -> str | None:
     """The hash of the code defining ``obj`` when it lies outside the kdbench package (a backbone or method added
     by a plugin), else None: kdbench's own files are versioned by whoever keys on them."""
     path = _source_file(obj)
@@ -155,7 +158,7 @@ def plugin_source_version(obj) -> str | None:
     return _object_digest(obj, path).hex()[:16]
 
 
-def _source_file(obj) -> Path | None:
+def _source_file(obj: object) -> Path | None:
     try:
         name = inspect.getsourcefile(obj)
     except TypeError:  # defined where there is no file (a notebook cell, exec)
@@ -163,9 +166,10 @@ def _source_file(obj) -> Path | None:
     return Path(name).resolve() if name and Path(name).exists() else None
 
 
-def _object_digest(obj, path: Path | None) -> bytes:
-    """sha256 of ``path``, the file defining ``obj``; without a file, of its source text (a notebook keeps it), and
-    without either, of its qualified name only (then an edit goes unnoticed: such code cannot be versioned)."""
+def _object_digest(obj: object, path: Path | None) -> bytes:
+    """``code_digest`` of ``path``, the file defining ``obj``; without a file, of its source text (a notebook keeps
+    it), and without either, of its qualified name only (then an edit goes unnoticed: such code cannot be
+    versioned)."""
     if path is not None:
         return _file_hash(path)
     try:
@@ -177,7 +181,47 @@ def _object_digest(obj, path: Path | None) -> bytes:
 
 @functools.lru_cache(maxsize=None)
 def _file_hash(path: Path) -> bytes:
-    return hashlib.sha256(path.read_bytes()).digest()
+    return code_digest(path.read_bytes())
+
+
+def code_digest(source: bytes) -> bytes:
+    """sha256 of what a Python source does: its syntax tree without docstrings, comments, layout, function
+    annotations (never evaluated: every module has ``from __future__ import annotations``) and ``if
+    TYPE_CHECKING:`` imports (with the import of ``TYPE_CHECKING`` itself), so that documenting or annotating the
+    training code keeps the teachers and checkpoints it trained. Class-level annotations stay: they make dataclass
+    fields. A source that does not parse is hashed as bytes."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return hashlib.sha256(source).digest()
+    for node in ast.walk(tree):
+        if hasattr(node, "body") and isinstance(node.body, list):
+            node.body = [n for n in node.body if not _type_checking_only(n)]
+        if isinstance(node, ast.ImportFrom) and node.module == "typing":
+            node.names = [a for a in node.names if a.name != "TYPE_CHECKING"]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+            args = node.args
+            for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg):
+                if arg is not None:
+                    arg.annotation = None
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
+                and isinstance(first := node.body[0], ast.Expr) and isinstance(first.value, ast.Constant) \
+                and isinstance(first.value.value, str):
+            node.body = node.body[1:]
+    return hashlib.sha256(ast.unparse(tree).encode()).digest()  # unparse: steadier across Pythons than dump
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``) with no ``else``, code that never runs, and ``from typing
+    import TYPE_CHECKING``, which only serves it."""
+    if isinstance(node, ast.ImportFrom):
+        return node.module == "typing" and all(a.name == "TYPE_CHECKING" for a in node.names)
+    if not isinstance(node, ast.If) or node.orelse:
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def generator_states(module: nn.Module | None) -> dict[str, torch.Tensor]:

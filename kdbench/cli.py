@@ -31,7 +31,7 @@ def expand_methods(names: list[str]) -> list[str]:
     return out
 
 
-def _seeds(text) -> list[int]:
+def _seeds(text: str | int | list) -> list[int]:
     vals = text if isinstance(text, list) else _csv(str(text))
     try:
         return [int(v) for v in vals]
@@ -56,16 +56,16 @@ def _seed_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--seeds ")) from None
 
 
-def _filters(args) -> dict:
+def _filters(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in ("datasets", "backbones", "methods", "seeds") if getattr(args, k)}
 
 
-def _reference(args) -> str:
+def _reference(args: argparse.Namespace) -> str:
     """The method that gains and tests refer to: ``--against`` (leaderboard only) or ``student``."""
     return getattr(args, "against", None) or "student"
 
 
-def _tables(args):
+def _tables(args: argparse.Namespace):
     """(leaderboard, timing, records) of ``args.out``: written to OUT when unfiltered and against ``student``, only
     returned otherwise."""
     from .leaderboard import leaderboard, load_records, ok_records, select_records, timing, write_tables
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from .grid import GridRunner  # imports torch-heavy modules only when running
@@ -222,11 +222,11 @@ def cmd_run(args) -> int:
     return min(len(summary.failed), 100)
 
 
-def _fields(cls) -> str:
+def _fields(cls: type) -> str:
     return ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
 
 
-def cmd_list(args) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
     for mod in args.imports:
         import_plugin_module(mod)
     registries = {"methods": DISTILLERS, "backbones": BACKBONES, "datasets": DATASETS}
@@ -252,7 +252,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_leaderboard(args) -> int:
+def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import render, table_notes
 
     lb, _, recs = _tables(args)
@@ -265,7 +265,7 @@ def _need_cells(out: str) -> None:
         raise ConfigError(f"{out}: no cells/ folder; is this a kdbench run output directory?")
 
 
-def cmd_timing(args) -> int:
+def cmd_timing(args: argparse.Namespace) -> int:
     from .leaderboard import render_timing
 
     _, tm, _ = _tables(args)
@@ -273,7 +273,7 @@ def cmd_timing(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     _need_cells(args.out)
@@ -281,7 +281,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_analyze(args) -> int:
+def cmd_analyze(args: argparse.Namespace) -> int:
     from .spectrum import analyze_freq
 
     _need_cells(args.out)

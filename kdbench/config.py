@@ -117,11 +117,11 @@ def _coerce(value: Any, field: dataclasses.Field, key: str) -> Any:
     return value
 
 
-def _fields(cls) -> dict[str, dataclasses.Field]:
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def _apply(target: dict, cls, key: str, name: str, value: Any) -> None:
+def _apply(target: dict, cls: type, key: str, name: str, value: Any) -> None:
     fields = _fields(cls)
     if name not in fields:
         raise ConfigError(f"unknown key {key!r}; valid keys for {key.rsplit('.', 1)[0]}: {', '.join(sorted(fields))}")

@@ -7,6 +7,7 @@ Recall@K = hits@K / |G_u|; NDCG@K = DCG@K / IDCG@K with IDCG over min(|G_u|, K) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -14,6 +15,9 @@ import torch
 
 from .datasets import Dataset
 from .sampling import PairMembership
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
 
 KS = (10, 20, 50)
 # Score-chunk size: small enough that a chunk's scores stay in cache between the GEMM that writes them and the
@@ -34,7 +38,7 @@ class EvalResult:
         return {k: float(v.mean()) if len(v) else 0.0 for k, v in self.per_user.items()}
 
 
-def _csr_torch(m: sp.csr_matrix, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _csr_torch(m: sp.csr_matrix, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.from_numpy(m.indptr.astype(np.int64)).to(device),
             torch.from_numpy(m.indices.astype(np.int64)).to(device))
 
@@ -72,7 +76,7 @@ def full_rank_topk(user_repr: torch.Tensor, item_repr: torch.Tensor, users: torc
 
 
 def ranking_metrics(topk: torch.Tensor, users: torch.Tensor, targets: PairMembership, n_targets: torch.Tensor,
-                    ks=KS) -> dict[str, torch.Tensor]:
+                    ks: tuple[int, ...] = KS) -> dict[str, torch.Tensor]:
     """Per-user Recall@K and NDCG@K from top-k lists; ``n_targets[j]`` = |G_u| of ``users[j]``."""
     hits = targets.contains(users[:, None].expand_as(topk), topk).float()
     discount = 1.0 / torch.log2(torch.arange(2, topk.shape[1] + 2, device=topk.device, dtype=torch.float32))
@@ -88,7 +92,8 @@ def ranking_metrics(topk: torch.Tensor, users: torch.Tensor, targets: PairMember
 
 
 def evaluate(user_repr: torch.Tensor, item_repr: torch.Tensor, ds: Dataset, split: str = "valid",
-             mask_valid_in_test: bool = True, ks=KS, chunk_bytes: int = CHUNK_BYTES) -> EvalResult:
+             mask_valid_in_test: bool = True, ks: tuple[int, ...] = KS, chunk_bytes: int = CHUNK_BYTES
+             ) -> EvalResult:
     """Rank all items for every user with targets in ``split``; mask train (and valid when testing)."""
     dev = user_repr.device
     pairs = getattr(ds, split)
@@ -103,7 +108,7 @@ def evaluate(user_repr: torch.Tensor, item_repr: torch.Tensor, ds: Dataset, spli
     return EvalResult(users_np, {k: v.float().cpu().numpy() for k, v in per_user.items()}, topk.cpu().numpy())
 
 
-def evaluate_model(model, ds: Dataset, split: str = "valid", **kw) -> EvalResult:
+def evaluate_model(model: Backbone, ds: Dataset, split: str = "valid", **kw) -> EvalResult:
     was_training = model.training
     model.eval()
     with torch.inference_mode():

@@ -101,13 +101,13 @@ class LocalExecutor(Executor):
 
     pulls_in_order = True
 
-    def __init__(self, workers: int = 1, threads: int | None = None):
+    def __init__(self, workers: int = 1, threads: int | None = None) -> None:
         _check_workers(workers)
         check_threads(threads)
         self.workers, self.fixed_threads = workers, threads
         self.threads = threads or threads_per_worker(workers)
 
-    def map(self, settings, tasks):
+    def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
         if self.workers == 1 or len(tasks) <= 1:  # here, with every core (a lone teacher need not wait on 1 thread)
             lone = self.fixed_threads or (threads_per_worker(1) if self.workers > 1 else None)
             return [run_task(settings, tag, task, lone) for tag, task in tasks]
@@ -120,7 +120,7 @@ class DaskExecutor(Executor):
     """joblib's dask backend on a ``dask.distributed`` cluster: ``--scheduler ADDRESS``, or a local cluster of
     ``--workers`` single-threaded worker processes."""
 
-    def __init__(self, scheduler: str | None = None, workers: int = 1, threads: int | None = None):
+    def __init__(self, scheduler: str | None = None, workers: int = 1, threads: int | None = None) -> None:
         try:
             import dask.distributed  # noqa: F401
         except ImportError:
@@ -132,7 +132,7 @@ class DaskExecutor(Executor):
         self.threads = threads or (None if scheduler else threads_per_worker(self.workers))
         self.client = self.cluster = None
 
-    def map(self, settings, tasks):
+    def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
         from dask.distributed import Client, LocalCluster
         from joblib import Parallel, delayed, parallel_config
 
@@ -146,7 +146,7 @@ class DaskExecutor(Executor):
         with parallel_config(backend="dask"):
             return Parallel()(delayed(run_task)(settings, tag, task, self.threads) for tag, task in tasks)
 
-    def close(self):
+    def close(self) -> None:
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
@@ -160,7 +160,7 @@ class SlurmExecutor(Executor):
 
     def __init__(self, folder: str | Path, partition: str | None = None, time_min: int = 24 * 60, gpus: int = 0,
                  cpus: int = 2, mem_gb: int | None = None, array_parallelism: int | None = None,
-                 cluster: str | None = None, threads: int | None = None):
+                 cluster: str | None = None, threads: int | None = None) -> None:
         check_threads(threads)
         try:
             import submitit  # noqa: F401
@@ -172,7 +172,7 @@ class SlurmExecutor(Executor):
                        "slurm_array_parallelism": array_parallelism}
         self.threads = threads or cpus
 
-    def map(self, settings, tasks):
+    def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
         import submitit
 
         ex = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)

@@ -51,12 +51,12 @@ class _SymmetricSpMM(torch.autograd.Function):
     """y = A x for a symmetric sparse A: the backward is the same product, so no transpose is ever built."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.a = a
         return spmm(a, x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
         return None, spmm(ctx.a, grad)
 
 
@@ -80,13 +80,15 @@ class _PropagateMean(torch.autograd.Function):
     layer's output and spent a third of a 200-d LightGCN step on zero-filling, copying and summing them."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, users: torch.Tensor, items: torch.Tensor, k: int):
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
+                k: int) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.a, ctx.k, ctx.n_users = a, k, users.shape[0]
         out = _mean_of_powers(a, torch.cat([users, items]), k)
         return out[: ctx.n_users], out[ctx.n_users:]
 
     @staticmethod
-    def backward(ctx, g_users: torch.Tensor, g_items: torch.Tensor):
+    def backward(ctx: torch.autograd.function.FunctionCtx, g_users: torch.Tensor, g_items: torch.Tensor
+                 ) -> tuple[None, torch.Tensor, torch.Tensor, None]:
         g = torch.cat([g_users, g_items])
         g = _mean_of_powers(ctx.a, g, ctx.k)
         return None, g[: ctx.n_users], g[ctx.n_users:], None
@@ -103,14 +105,15 @@ class _RowBlockSpMM(torch.autograd.Function):
     ``index_add_`` instead of transposing a sparse matrix."""
 
     @staticmethod
-    def forward(ctx, block: torch.Tensor, row: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
-                x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, block: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+                val: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(row, col, val)
         ctx.n = x.shape[0]
         return spmm(block, x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+                 ) -> tuple[None, None, None, None, torch.Tensor]:
         row, col, val = ctx.saved_tensors
         gx = torch.zeros(ctx.n, grad.shape[1], dtype=grad.dtype, device=grad.device)
         gx.index_add_(0, col, grad[row] * val[:, None])

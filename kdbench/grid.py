@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,12 @@ from .records import cell_stem, environment, git_commit, read_record, set_aside,
 from .runtime import reset_peak_memory
 from .teacher import Teacher, TeacherCache, sha256_json
 from .train import RoleConfig, TrainConfig, fit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .backbones import Backbone
+    from .executors import Executor
 
 SCHEMA = 1
 
@@ -63,7 +70,7 @@ def _train_cfg(cfg: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in cfg["train"].items() if k != "profile"})
 
 
-def _build(ds: Dataset, backbone: str, role_cfg: dict, seed: int, device: torch.device):
+def _build(ds: Dataset, backbone: str, role_cfg: dict, seed: int, device: torch.device) -> Backbone:
     cls = BACKBONES.get(backbone)
     seed_everything(seed)  # init independent of any RNG use before it (spec §6)
     return cls(ds, role_cfg["dim"], cls.Config(**role_cfg["backbone"])).to(device)
@@ -118,9 +125,10 @@ class RunnerSettings:
 
 
 class GridRunner:
-    def __init__(self, out: str | Path, data_root=None, cache_dir=None, device: str = "cpu",
+    def __init__(self, out: str | Path, data_root: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None, device: str = "cpu",
                  progress: bool = False, quiet: bool = False, rerun: bool = False, imports: tuple = (),
-                 check_device: bool = True, checkpoint_every_s: float = 600.0):
+                 check_device: bool = True, checkpoint_every_s: float = 600.0) -> None:
         self.out = Path(out)
         self.data_root = data_root or os.environ.get("KDBENCH_DATA")
         self.cache = TeacherCache(cache_dir)
@@ -143,7 +151,8 @@ class GridRunner:
         self._failed_teachers: dict[str, str] = {}   # key → error: a teacher that failed is not retried per cell
 
     # -- planning -------------------------------------------------------------------------------------------
-    def plan(self, datasets, backbones, methods, seeds, profile, overrides) -> list[tuple[str, Dataset, dict]]:
+    def plan(self, datasets: list[str], backbones: list[str], methods: list[str], seeds: list[int], profile: str,
+             overrides: dict) -> list[tuple[str, Dataset, dict]]:
         """Validate the whole request and return (dataset as requested, dataset, resolved cell config) triples,
         teachers' groups in order; raises before any training on a bad name, override or dataset file."""
         for b in backbones:
@@ -162,7 +171,8 @@ class GridRunner:
             self._datasets[key] = load_dataset(name, self.data_root, cfg)
         return self._datasets[key]
 
-    def dry_run(self, datasets, backbones, methods, seeds, profile="quick", overrides=None) -> list[dict]:
+    def dry_run(self, datasets: list[str], backbones: list[str], methods: list[str], seeds: list[int],
+                profile: str = "quick", overrides: dict | None = None) -> list[dict]:
         """The plan without training: every cell with its state (done / to run / failed before) and whether its
         teacher is cached."""
         overrides = overrides or {}
@@ -179,8 +189,7 @@ class GridRunner:
             else:
                 state = "done" if rec.get("status") == "ok" else "failed before"
             if state != "done":
-                epoch = self._checkpoint(stem, {"cell": chash, "teacher": key},
-                                         DISTILLERS.get(cfg["method"]["name"])).saved_epoch()
+                epoch = self._cell_checkpoint(stem, chash, key, DISTILLERS.get(cfg["method"]["name"])).saved_epoch()
                 state += f" (resumes at epoch {epoch})" if epoch is not None else ""
             if self.cache.has(key):
                 teacher = "cached"
@@ -192,8 +201,8 @@ class GridRunner:
         return rows
 
     # -- running --------------------------------------------------------------------------------------------
-    def tasks(self, datasets, backbones, methods, seeds, profile="quick", overrides=None
-              ) -> tuple[list[CellTask], list[CellTask]]:
+    def tasks(self, datasets: list[str], backbones: list[str], methods: list[str], seeds: list[int],
+              profile: str = "quick", overrides: dict | None = None) -> tuple[list[CellTask], list[CellTask]]:
         """The teacher cells (one per dataset × backbone × seed) and the method cells, as self-contained tasks
         that any process can run."""
         overrides = overrides or {}
@@ -211,8 +220,8 @@ class GridRunner:
                     for (ds_name, backbone, seed), (name, cfg, dependents) in groups.items()]
         return teachers, cells
 
-    def run(self, datasets, backbones, methods, seeds, profile="quick", overrides=None,
-            executor=None) -> GridSummary:
+    def run(self, datasets: list[str], backbones: list[str], methods: list[str], seeds: list[int],
+            profile: str = "quick", overrides: dict | None = None, executor: Executor | None = None) -> GridSummary:
         """Run the grid: all teachers first, then every method cell (seed by seed), through ``executor`` (a
         ``kdbench.executors.Executor``; None = in this process, one cell after another): in one map when its
         workers take tasks in order, else in two phases."""
@@ -247,7 +256,8 @@ class GridRunner:
         rec = read_record(path)
         return not self.rerun and rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == chash
 
-    def _write(self, path: Path, record: dict, test: EvalResult | None, ds: Dataset, reprs=None) -> None:
+    def _write(self, path: Path, record: dict, test: EvalResult | None, ds: Dataset,
+               reprs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Write a cell's npz and record; an existing record that would be replaced is kept under superseded/."""
         old = read_record(path)
         if path.exists() and (old is None or old.get("status") == "ok"):
@@ -349,7 +359,8 @@ class GridRunner:
                  f" ({'cached' if cached else 'trained'})")
         return "ok"
 
-    def _train_teacher(self, ds: Dataset, cfg: dict, model, key: str, spec: dict, tag: str, stem: str):
+    def _train_teacher(self, ds: Dataset, cfg: dict, model: Backbone, key: str, spec: dict, tag: str, stem: str
+                       ) -> tuple[dict, EvalResult]:
         self.log(f"{tag} {stem}: training teacher (d={cfg['teacher']['dim']}) ...")
         reset_peak_memory(self.device)
         started = _now()
@@ -371,6 +382,10 @@ class GridRunner:
         cell and by everything its training depends on, so that a changed cell never resumes a stale state."""
         ident = sha256_json({**identity, "device": self.device.type, "code": source_version(*code)})
         return TrainingCheckpoint.under(self.cache.root, stem, ident, self.checkpoint_every_s)
+
+    def _cell_checkpoint(self, stem: str, chash: str, teacher_key: str | None, cls: type) -> TrainingCheckpoint:
+        """A method cell's checkpoint: its config, its teacher and the code of every class its method runs."""
+        return self._checkpoint(stem, {"cell": chash, "teacher": teacher_key}, *cls.code_classes())
 
     def _method_cell(self, ds: Dataset, cfg: dict, tag: str) -> tuple[str, str]:
         method = cfg["method"]["name"]
@@ -397,7 +412,7 @@ class GridRunner:
             return stem, self._train_cell(ds, cfg, teacher, t_info, tag, stem, path, chash)
 
     @contextmanager
-    def _cell_lock(self, path: Path):
+    def _cell_lock(self, path: Path) -> Iterator[bool]:
         """A per-cell lock file, so that two runs on one output directory never train the same cell."""
         locks = self.out / "locks"  # beside cells/, which holds only records
         locks.mkdir(parents=True, exist_ok=True)
@@ -424,7 +439,7 @@ class GridRunner:
             student = _build(ds, cfg["backbone"], cfg["student"], cfg["seed"], self.device)
             distiller = cls(teacher, student, ds, cls.Config(**cfg["method"]["params"])).to(self.device)
             self.log(f"{tag} {stem}: training ...")
-            ckpt = self._checkpoint(stem, {"cell": chash, "teacher": t_info.get("key")}, *cls.code_classes())
+            ckpt = self._cell_checkpoint(stem, chash, t_info.get("key"), cls)
             res = fit(student, ds, _role(cfg["student"]), _train_cfg(cfg), cfg["seed"], distiller,
                       weight=cfg["method"]["params"]["weight"], progress=self.progress,
                       desc=f"{method} {ds.name}/{cfg['backbone']}", checkpoint=ckpt)

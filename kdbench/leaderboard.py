@@ -36,7 +36,8 @@ def load_records(out: str | Path) -> list[dict]:
     return recs
 
 
-def select_records(records: list[dict], datasets=None, backbones=None, methods=None, seeds=None,
+def select_records(records: list[dict], datasets: list[str] | None = None, backbones: list[str] | None = None,
+                   methods: list[str] | None = None, seeds: list[int] | None = None,
                    reference: str = "student") -> list[dict]:
     """The records of the given datasets, backbones, methods and seeds (``None``: all). ``teacher``, ``student`` and
     ``reference`` are kept whatever ``methods`` says: gains, p-values and overheads refer to them. With the seeds
@@ -47,7 +48,7 @@ def select_records(records: list[dict], datasets=None, backbones=None, methods=N
             and keep(r.get("backbone"), backbones) and keep(r.get("method"), methods) and keep(r.get("seed"), seeds)]
 
 
-def _method_order(methods) -> list[str]:
+def _method_order(methods: np.ndarray) -> list[str]:
     first = [m for m in ("teacher", "student") if m in methods]
     return first + sorted(m for m in methods if m not in first)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import copy
 
 
-def _row(t_dim, t_lr, t_wd, t_bs, s_lr, s_wd, s_bs, s_dim=20, t_bb=None, s_bb=None):
+def _row(t_dim: int, t_lr: float, t_wd: float, t_bs: int, s_lr: float, s_wd: float, s_bs: int, s_dim: int = 20,
+         t_bb: dict | None = None, s_bb: dict | None = None) -> dict:
     return {"teacher": {"dim": t_dim, "lr": t_lr, "wd": t_wd, "batch_size": t_bs, "backbone": t_bb or {}},
             "student": {"dim": s_dim, "lr": s_lr, "wd": s_wd, "batch_size": s_bs, "backbone": s_bb or {}}}
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,8 +23,12 @@ from . import __version__
 from .datasets import Dataset
 from .evaluate import EvalResult
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import BinaryIO
 
-def safe_name(name) -> str:
+
+def safe_name(name: object) -> str:
     """A name as it may appear in a file name of the output directory."""
     return re.sub(r"[^A-Za-z0-9._+-]", "_", str(name))
 
@@ -41,7 +46,7 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-def atomic_write_bytes(path: Path, write) -> None:
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(fh)`` on a temp file next to ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -65,11 +70,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(Path(path), lambda fh: fh.write(text.encode("utf-8")))
 
 
-def write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
 
 
-def _json_default(o):
+def _json_default(o: object) -> int | float | list | str:
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
@@ -119,14 +124,18 @@ def set_aside(path: Path) -> Path | None:
     return dest
 
 
-@lru_cache(maxsize=1)
-def git_commit() -> dict:
-    here = Path(__file__).resolve().parent
+@lru_cache(maxsize=None)
+def git_commit(here: Path | None = None) -> dict:
+    """The commit of the checkout holding the package (``here``: its directory), and whether the package's sources
+    differ from it; None for both outside a git checkout."""
+    here = here or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        # the package's own sources only: an output directory inside the checkout (a committed leaderboard that
+        # the run rewrites) does not make the code that ran differ from the commit
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here,
                                capture_output=True, text=True, timeout=5)
         return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):

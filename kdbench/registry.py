@@ -27,7 +27,7 @@ def _natural_key(name: str) -> list:
 class Registry(Generic[T]):
     """A name → object map; ``register`` works as a decorator with or without a name."""
 
-    def __init__(self, kind: str, entry_point_group: str):
+    def __init__(self, kind: str, entry_point_group: str) -> None:
         self.kind = kind
         self.group = entry_point_group
         self._entries: dict[str, T] = {}
@@ -37,7 +37,7 @@ class Registry(Generic[T]):
         #: builds an entry for a name that is not registered (e.g. ``de+rrd`` from its parts), or returns None
         self.factory: Callable[[str], T | None] | None = None
 
-    def register(self, name: str | Callable | None = None, *, override: bool = False):
+    def register(self, name: str | Callable | None = None, *, override: bool = False) -> Callable[[T], T] | T:
         """``@REG.register("name")`` or ``@REG.register`` (uses the object's ``name`` attribute)."""
 
         def deco(obj: T) -> T:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,12 +23,18 @@ from .evaluate import METRICS
 from .leaderboard import leaderboard, load_records, ok_records, render, render_timing, table_notes, timing
 from .records import atomic_write_bytes, atomic_write_text, safe_name
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from types import ModuleType
+
+    from matplotlib.figure import Figure
+
 GAIN_COLUMNS = ["dataset", "backbone", "method", "seed", "gain_pct"]
 SUMMARY_COLUMNS = ["dataset", "backbone", "method", "seeds", "gain_mean_pct", "gain_std_pct"]
 NOT_DISTILLERS = ("teacher", "student")
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     try:
         import matplotlib
     except ImportError as exc:
@@ -71,7 +78,7 @@ def summarize_gains(gains: pd.DataFrame) -> pd.DataFrame:
     return out[SUMMARY_COLUMNS]
 
 
-def _save(plt, fig, path: Path) -> Path:
+def _save(plt: ModuleType, fig: Figure, path: Path) -> Path:
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -103,7 +110,7 @@ def plot_gain_bars(summary: pd.DataFrame, dataset: str, backbone: str, metric: s
     return _save(plt, fig, path)
 
 
-def overhead_axis_scale(overheads) -> str:
+def overhead_axis_scale(overheads: pd.Series | np.ndarray | Sequence[float]) -> str:
     """``log`` when the overheads span more than a factor of 10 (expert methods at ~100× beside response methods at
     2–4× would otherwise crowd into one corner), else ``linear``."""
     lo, hi = min(1.0, float(np.min(overheads))), float(np.max(overheads))
@@ -173,7 +180,7 @@ def plot_curves(records: list[dict], dataset: str, backbone: str, seed: int, pat
     return _save(plt, fig, path)
 
 
-def _uniq(values) -> list:
+def _uniq(values: Iterable) -> list:
     vals = {v for v in values if v is not None}
     try:
         return sorted(vals)
@@ -182,7 +189,7 @@ def _uniq(values) -> list:
 
 
 def _date_range(records: list[dict]) -> str:
-    def parse(s):
+    def parse(s: str | None) -> datetime | None:
         try:
             return datetime.fromisoformat(s)
         except (TypeError, ValueError):

@@ -49,7 +49,7 @@ def flush_denormals() -> bool:
     return torch.set_flush_denormal(True)
 
 
-def reset_peak_memory(device=None) -> None:
+def reset_peak_memory(device: torch.device | str | None = None) -> None:
     """Start a fresh peak-memory measurement, so that a worker process reused across grid cells reports each
     cell's own peak: freed heap pages go back to the OS (glibc ``malloc_trim``, which ``keep_freed_memory`` would
     otherwise keep) and the kernel's high-water mark is reset to the current RSS (``clear_refs`` 5, Linux ≥ 4.0);

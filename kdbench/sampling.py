@@ -7,7 +7,7 @@ import torch
 class PairMembership:
     """O(log n) vectorised test of (user, item) ∈ a pair set, via sorted keys u·n_items + i."""
 
-    def __init__(self, pairs: torch.Tensor, n_items: int):
+    def __init__(self, pairs: torch.Tensor, n_items: int) -> None:
         self.n_items = n_items
         self.keys = torch.sort(pairs[:, 0] * n_items + pairs[:, 1]).values
 

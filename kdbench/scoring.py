@@ -29,7 +29,8 @@ def _pattern(items: torch.Tensor, n_items: int, values: torch.Tensor) -> torch.T
 
 class _ListScores(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u: torch.Tensor, item_repr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, u: torch.Tensor, item_repr: torch.Tensor, items: torch.Tensor
+                ) -> torch.Tensor:
         b, k = items.shape
         zeros = torch.zeros(b * k, dtype=u.dtype, device=u.device)
         out = torch.sparse.sampled_addmm(_pattern(items, item_repr.shape[0], zeros), u, item_repr.t(), beta=0.0)
@@ -37,7 +38,8 @@ class _ListScores(torch.autograd.Function):
         return out.values().reshape(b, k)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         u, item_repr, items = ctx.saved_tensors
         b, k = items.shape
         g = grad.contiguous().reshape(-1)

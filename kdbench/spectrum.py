@@ -32,12 +32,17 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from .datasets import DATASETS, DataConfig, Dataset, load_dataset, load_folder
 from .records import atomic_write_bytes, atomic_write_text, read_record, safe_name
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +248,8 @@ def row_normalize(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
-def band_rows(teacher: np.ndarray, students: dict[str, np.ndarray], energy, edges: np.ndarray) -> list[dict]:
+def band_rows(teacher: np.ndarray, students: dict[str, np.ndarray], energy: Callable[[np.ndarray], np.ndarray],
+              edges: np.ndarray) -> list[dict]:
     """CSV rows for the teacher and every student, raw then row-normalised; ``energy(X)`` gives E_b(X) per band."""
     rows = []
     for normalized in (False, True):
@@ -276,7 +282,7 @@ def rows_to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _csv_cell(v) -> str:
+def _csv_cell(v: str | int | float | bool | None) -> str:
     if v is None:  # the teacher's rel_error: nothing to compare with
         return ""
     if isinstance(v, bool):
@@ -303,7 +309,7 @@ def matching_records(out: Path, dataset: str, backbone: str, seed: int) -> list[
     return sorted(found, key=lambda pr: (pr[1]["method"] != "student", pr[1]["method"]))
 
 
-def load_record_dataset(rec: dict, data_root=None) -> Dataset:
+def load_record_dataset(rec: dict, data_root: str | os.PathLike | None = None) -> Dataset:
     """The dataset a record was run on, checked by fingerprint. A folder dataset is recorded under the folder's
     name, which ``load_dataset`` cannot resolve from another working directory, so its recorded path is used."""
     info, cfg = rec["dataset"], DataConfig(**rec["config"]["data"])
@@ -335,7 +341,8 @@ def _distils(rec: dict) -> bool:
         return True
 
 
-def teacher_identities(records: list[tuple[Path, dict]], cache_dir=None) -> dict[str, str]:
+def teacher_identities(records: list[tuple[Path, dict]], cache_dir: str | os.PathLike | None = None
+                       ) -> dict[str, str]:
     """Teacher key → the sha256 of that teacher's cached weights, or the key itself when it is not in the cache.
 
     The cache key includes the training code's version, so a code change that trains the very same weights (a
@@ -355,7 +362,7 @@ def student_representations(records: list[tuple[Path, dict]], ds: Dataset, ident
     apart by ``identities`` (key → identity, see :func:`teacher_identities`), by key when it is not given."""
     identities = identities or {}
 
-    def ident(rec):
+    def ident(rec: dict) -> str | None:
         key = _teacher_key(rec)
         return identities.get(key, key)
 
@@ -396,7 +403,8 @@ def student_representations(records: list[tuple[Path, dict]], ds: Dataset, ident
     return key, key_rec, students
 
 
-def teacher_representations(ds: Dataset, rec: dict, key: str, cache_dir=None) -> np.ndarray:
+def teacher_representations(ds: Dataset, rec: dict, key: str, cache_dir: str | os.PathLike | None = None
+                            ) -> np.ndarray:
     """[T_U; T_I] of the cached teacher ``key``, rebuilt from the record's teacher config."""
     # torch and the model code only here: the spectral functions above work on plain arrays
     import torch
@@ -418,8 +426,9 @@ def teacher_representations(ds: Dataset, rec: dict, key: str, cache_dir=None) ->
 
 
 # -- the command ------------------------------------------------------------------------------------------------
-def analyze_freq(out, dataset: str, backbone: str, seed: int = 0, bands: str = "equal_width", mode: str = "auto",
-                 data_root=None, cache_dir=None, moments: int = DEFAULT_MOMENTS) -> list[Path]:
+def analyze_freq(out: str | Path, dataset: str, backbone: str, seed: int = 0, bands: str = "equal_width",
+                 mode: str = "auto", data_root: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None, moments: int = DEFAULT_MOMENTS) -> list[Path]:
     """Write ``OUT/analysis/freq__<dataset>__<backbone>__seed<k>.csv`` (and ``.png`` when matplotlib is
     installed) for the teacher and every student of one dataset/backbone/seed; returns the written paths."""
     if bands not in BANDS:

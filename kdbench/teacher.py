@@ -8,16 +8,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import __version__
 from .backbones import Backbone
+from .checkpoint import code_digest
 from .datasets import Dataset
 from .evaluate import full_rank_topk
 from .scoring import pair_scores
 
-# Source files whose behaviour determines a trained teacher: editing any of them invalidates the cache.
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+# Source files whose behaviour determines a trained teacher: editing their code (not their documentation or
+# annotations: ``code_digest``) invalidates the cache.
 _TRAINING_CODE = ("train.py", "sampling.py", "graph.py", "evaluate.py", "backbones/base.py", "backbones/bprmf.py",
                   "backbones/lightgcn.py", "backbones/simplex.py")
 
@@ -28,15 +34,15 @@ def training_code_version() -> str:
     h = hashlib.sha256(__version__.encode())
     root = Path(__file__).parent
     for rel in _TRAINING_CODE:
-        h.update((root / rel).read_bytes())
+        h.update(code_digest((root / rel).read_bytes()))
     return h.hexdigest()[:16]
 
 
-def canonical_json(obj) -> str:
+def canonical_json(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def sha256_json(obj) -> str:
+def sha256_json(obj: object) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
@@ -51,7 +57,7 @@ def default_cache_dir() -> Path:
 class TeacherCache:
     """``<root>/teachers/<key>/{state.pt, manifest.json}``, written to a temp dir then renamed into place."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root else default_cache_dir()
 
     @staticmethod
@@ -116,7 +122,7 @@ class Teacher:
     student's autograd graph as constants).
     """
 
-    def __init__(self, model: Backbone, ds: Dataset):
+    def __init__(self, model: Backbone, ds: Dataset) -> None:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -126,7 +132,7 @@ class Teacher:
             self.raw_user, self.raw_item = (t.detach().clone() for t in model.raw_embeddings())
         self._topk: dict[int, torch.Tensor] = {}
 
-    def parameters(self):
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
         return self.model.parameters()
 
     def repr(self, source: str = "final") -> tuple[torch.Tensor, torch.Tensor]:

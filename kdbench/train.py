@@ -14,6 +14,7 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +25,9 @@ from .datasets import Dataset
 from .evaluate import evaluate_model
 from .runtime import flush_denormals, keep_freed_memory
 from .sampling import PairMembership, sample_excluding
+
+if TYPE_CHECKING:
+    from .methods import Distiller
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,8 @@ class _RunState:
     peak_rss_mb: float = 0.0                            # of the earlier processes
 
 
-def _save(ckpt: TrainingCheckpoint, run: _RunState, model, opt, distiller, gen: torch.Generator, device) -> None:
+def _save(ckpt: TrainingCheckpoint, run: _RunState, model: Backbone, opt: torch.optim.Optimizer,
+          distiller: Distiller | None, gen: torch.Generator, device: torch.device) -> None:
     ckpt.save({"run": {**vars(run), "peak_rss_mb": max(run.peak_rss_mb, peak_rss_mb())},
                "model": model.state_dict(), "optimizer": opt.state_dict(),
                "distiller": distiller.state_dict() if distiller is not None else {},
@@ -106,7 +111,8 @@ def _save(ckpt: TrainingCheckpoint, run: _RunState, model, opt, distiller, gen: 
                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
 
 
-def _resume(saved: dict, model, opt, distiller, gen: torch.Generator, device) -> _RunState:
+def _resume(saved: dict, model: Backbone, opt: torch.optim.Optimizer, distiller: Distiller | None,
+            gen: torch.Generator, device: torch.device) -> _RunState:
     model.load_state_dict(saved["model"])
     if distiller is not None:
         distiller.load_state_dict(saved["distiller"])
@@ -122,7 +128,7 @@ def _resume(saved: dict, model, opt, distiller, gen: torch.Generator, device) ->
 
 
 def fit(model: Backbone, ds: Dataset, role: RoleConfig, train: TrainConfig, seed: int,
-        distiller=None, weight: float = 0.0, progress: bool = False, desc: str = "",
+        distiller: Distiller | None = None, weight: float = 0.0, progress: bool = False, desc: str = "",
         checkpoint: TrainingCheckpoint | None = None) -> TrainResult:
     """Train ``model`` (and the distiller's own modules) in place; restore the best-validation weights.
 

@@ -1,6 +1,5 @@
 """Backbones against their formulas, the negative sampler, and the teacher cache."""
 import dataclasses
-import hashlib
 
 import numpy as np
 import pytest
@@ -114,9 +113,12 @@ def test_plugin_backbone_source_is_part_of_the_teacher_key(tiny, tmp_path, monke
 
     assert "backbone_code" not in spec("bprmf")
     before = spec("plugin_bb_key_test")
-    assert before["backbone_code"] == hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-    src.write_text(src.read_text() + "# edited\n")
+    assert before["backbone_code"] == checkpoint.code_digest(src.read_bytes()).hex()[:16]
+    src.write_text(src.read_text() + "# a comment\n")
     checkpoint._file_hash.cache_clear()  # as a new process would read it
+    assert spec("plugin_bb_key_test") == before  # documentation is not code
+    src.write_text(src.read_text() + "X = 1\n")
+    checkpoint._file_hash.cache_clear()
     after = spec("plugin_bb_key_test")
     assert after["backbone_code"] != before["backbone_code"]
     assert TeacherCache.key(after) != TeacherCache.key(before)

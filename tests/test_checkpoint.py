@@ -17,6 +17,7 @@ import kdbench
 from kdbench.checkpoint import (
     NOT_TRAINING_CODE,
     TrainingCheckpoint,
+    code_digest,
     generator_states,
     source_version,
     training_files,
@@ -95,11 +96,11 @@ def test_checkpoints_are_versioned_by_the_code_that_trains_not_by_tables_or_cli(
         if edit:
             edit(root)
         def version(entry):  # what source_version hashes for a method defined in ``entry`` of this copy
-            return hashlib.sha256(b"".join(f.encode() + (root / f).read_bytes()
+            return hashlib.sha256(b"".join(f.encode() + code_digest((root / f).read_bytes())
                                            for f in training_files(root, {entry}))).hexdigest()
         return {e: version(e) for e in entries}, source_version(package=root)
 
-    def append(rel, text="\n# an edit\n"):
+    def append(rel, text="\n_EDITED = 1\n"):
         return lambda root: (root / rel).write_text((root / rel).read_text() + text)
 
     methods = ("methods/freqd.py", "methods/de.py", "methods/htd.py")
@@ -108,6 +109,7 @@ def test_checkpoints_are_versioned_by_the_code_that_trains_not_by_tables_or_cli(
         assert package(f"free{i}", append(rel), methods) == (base, teacher), rel
     for i, rel in enumerate(["train.py", "backbones/lightgcn.py", "grid.py", "checkpoint.py"]):
         assert package(f"train{i}", append(rel))[1] != teacher, rel
+        assert package(f"comment{i}", append(rel, "\n# a comment\n"))[1] == teacher, rel  # not code
     # a method module versions the cells of the methods that import it, and nothing else
     for i, (rel, changed) in enumerate([("methods/de.py", {"methods/de.py"}),
                                         ("methods/_experts.py", {"methods/de.py", "methods/htd.py"}),
@@ -120,6 +122,39 @@ def test_checkpoints_are_versioned_by_the_code_that_trains_not_by_tables_or_cli(
     assert package("new", lambda root: (root / "extra.py").write_text("X = 1\n"))[1] != teacher
     assert package("newm", lambda root: (root / "methods" / "extra.py").write_text("X = 1\n"))[1] == teacher
     assert package("renamed", lambda root: (root / "scoring.py").rename(root / "scores.py"))[1] != teacher
+
+
+def test_code_digest_ignores_documentation_and_annotations_but_not_code():
+    src = b'''"""Module doc."""
+from __future__ import annotations
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass
+class Config:
+    """Doc."""
+    lr: float = 0.1   # a comment
+
+
+def step(x: float, *rest: int, scale: float = 2.0) -> float:
+    """Doc."""
+    return x * scale
+'''
+    same = [src.replace(b'"""Module doc."""', b'"""Other doc."""'),
+            src.replace(b"# a comment", b"# another"),
+            src.replace(b"(x: float, *rest: int, scale: float = 2.0) -> float", b"(x, *rest, scale=2.0)"),
+            src.replace(b"    return x * scale", b"    return (x *\n            scale)"),
+            src.replace(b'    """Doc."""\n    return', b"    return"),
+            src.replace(b"import ClassVar\n",
+                        b"import TYPE_CHECKING, ClassVar\n\nif TYPE_CHECKING:\n    import torch\n"),
+            src.replace(b"import ClassVar\n", b"import ClassVar\nfrom typing import TYPE_CHECKING\n")]
+    differ = [src.replace(b"x * scale", b"x / scale"), src.replace(b"scale: float = 2.0", b"scale: float = 3.0"),
+              src.replace(b"lr: float = 0.1", b"lr = 0.1"),  # no longer a dataclass field
+              src + b"X = 1\n", src.replace(b"import ClassVar\n", b"import ClassVar\nimport os\n")]
+    assert all(code_digest(s) == code_digest(src) for s in same)
+    assert len({code_digest(s) for s in [src, *differ]}) == 1 + len(differ)
+    assert code_digest(b"def (:") == hashlib.sha256(b"def (:").digest()  # not Python: hashed as bytes
 
 
 def test_a_cells_version_covers_its_methods_modules_and_plugins():
@@ -174,3 +209,19 @@ def test_sigkill_mid_teacher_then_rerun_resumes_from_the_checkpoint(tmp_path, ti
     teacher = json.loads((out / "cells" / "tinyds__bprmf__teacher__seed0.json").read_text())
     assert teacher["timing"]["resumed_at_epochs"] == [saved] and 0 < saved < 150
     assert not list((cache / "checkpoints").glob("*.pt")), "finished runs leave no checkpoint behind"
+
+
+def test_dry_run_finds_the_checkpoint_of_a_composite_cell(tmp_path, tiny_folder):
+    """A composite method is versioned by its parts' code (``code_classes``): the plan must look for the checkpoint
+    where the cell saves it, or it would say "to run" of a cell that resumes."""
+    from kdbench.grid import GridRunner, cell_stem, config_hash, teacher_spec
+    from kdbench.methods import DISTILLERS
+
+    runner = GridRunner(tmp_path / "out", cache_dir=tmp_path / "cache", quiet=True)
+    args = ([str(tiny_folder)], ["bprmf"], ["de+rrd"], [0], "quick", {})
+    assert [r["state"] for r in runner.dry_run(*args)] == ["to run"]
+    ((_, ds, cfg),) = runner.plan(*args)
+    stem = cell_stem(ds.name, "bprmf", "de+rrd", 0)
+    runner._cell_checkpoint(stem, config_hash(cfg, ds), runner.cache.key(teacher_spec(cfg, ds, runner.device)),
+                            DISTILLERS.get("de+rrd")).save({"run": {"next_epoch": 7}})
+    assert [r["state"] for r in runner.dry_run(*args)] == ["to run (resumes at epoch 7)"]

@@ -285,3 +285,33 @@ def test_a_reader_that_closes_the_pipe_ends_the_cli_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_git_dirty_means_the_package_sources_differ_from_the_commit(tmp_path):
+    """A run that rewrites a committed leaderboard in the same checkout is not "dirty"; an edited or new source
+    file of the package is."""
+    import subprocess
+
+    from kdbench.records import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    pkg, results = tmp_path / "pkg", tmp_path / "results"
+    pkg.mkdir(), results.mkdir()
+    (pkg / "train.py").write_text("X = 1\n")
+    (results / "leaderboard.csv").write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    assert git_commit.__wrapped__(pkg)["dirty"] is False
+    (results / "leaderboard.csv").write_text("b\n")
+    (tmp_path / "notes.txt").write_text("untracked, outside the package\n")
+    assert git_commit.__wrapped__(pkg)["dirty"] is False
+    (pkg / "new_method.py").write_text("Y = 2\n")
+    assert git_commit.__wrapped__(pkg)["dirty"] is True
+    (pkg / "new_method.py").unlink()
+    (pkg / "train.py").write_text("X = 2\n")
+    info = git_commit.__wrapped__(pkg)
+    assert info["dirty"] is True and len(info["commit"]) == 40

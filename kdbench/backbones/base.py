@@ -82,7 +82,7 @@ class Backbone(nn.Module):
     Config: ClassVar[type] = BackboneConfig
     negatives_exclude_positives: ClassVar[bool] = True  # BPR backbones: uniform over I \\ I_u^+
 
-    def __init__(self, data: Dataset, dim: int, cfg):
+    def __init__(self, data: Dataset, dim: int, cfg: BackboneConfig) -> None:
         super().__init__()
         self.n_users, self.n_items, self.dim, self.cfg = data.n_users, data.n_items, dim, cfg
         self.user_emb = nn.Embedding(self.n_users, dim)

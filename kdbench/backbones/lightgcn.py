@@ -7,12 +7,16 @@ loss and the KD loss (``BackboneOutput.all_repr``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..graph import normalized_adjacency, propagate_mean, to_torch_csr
 from . import BACKBONES
 from .base import Backbone, BackboneConfig
+
+if TYPE_CHECKING:
+    from ..datasets import Dataset
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,7 @@ class LightGCN(Backbone):
     description = "linear graph convolution; final = mean of layers 0..K over the normalised user-item graph"
     Config = LightGCNConfig
 
-    def __init__(self, data, dim, cfg):
+    def __init__(self, data: Dataset, dim: int, cfg: LightGCNConfig) -> None:
         super().__init__(data, dim, cfg)
         self._adj_np = normalized_adjacency(data)
         self._adj = None
@@ -37,5 +41,5 @@ class LightGCN(Backbone):
             self._adj = to_torch_csr(self._adj_np, dev)
         return self._adj
 
-    def representations(self):
+    def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         return propagate_mean(self._graph(), self.user_emb.weight, self.item_emb.weight, self.cfg.n_layers)

@@ -8,6 +8,7 @@ as in KDs), never a B×max_len×d gather. KD losses see p̂_u before dropout ([d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from torch import nn
 
 from . import BACKBONES
 from .base import DENSE_RATIO, Backbone, BackboneConfig, BackboneOutput, batch_scores, scores_at
+
+if TYPE_CHECKING:
+    from ..datasets import Dataset
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class SimpleX(Backbone):
     Config = SimpleXConfig
     negatives_exclude_positives = False  # KDs neg_sampling_on_all
 
-    def __init__(self, data, dim, cfg):
+    def __init__(self, data: Dataset, dim: int, cfg: SimpleXConfig) -> None:
         super().__init__(data, dim, cfg)
         self.w_v = nn.Linear(dim, dim, bias=False)
         nn.init.xavier_normal_(self.w_v.weight)
@@ -70,10 +74,10 @@ class SimpleX(Backbone):
         p = self.cfg.gamma * e_u + (1 - self.cfg.gamma) * self.w_v(h)
         return F.normalize(p, dim=-1)
 
-    def representations(self):
+    def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._users(None), F.normalize(self.item_emb.weight, dim=-1)
 
-    def forward(self, users, pos, neg):
+    def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> BackboneOutput:
         u = self._users(users)
         ids = torch.cat([pos[:, None], neg], 1)
         u_drop = F.dropout(u, self.cfg.dropout, self.training)

@@ -30,8 +30,8 @@ class DataConfig:
     allow_cold_items: bool = False  # folder splits: accept valid/test items that never occur in train
 
 
-def _dataset(name: str, description: str):
-    def deco(fn):
+def _dataset(name: str, description: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    def deco(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
         fn.description = description
         return DATASETS.register(name)(fn)
     return deco

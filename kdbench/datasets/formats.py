@@ -15,15 +15,19 @@ import gzip
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .base import DatasetError
 
+if TYPE_CHECKING:
+    from typing import TextIO
+
 FORMATS = ("auto", "list", "pairs")
 
 
-def open_text(path: Path):
+def open_text(path: Path) -> TextIO:
     return gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8")
 
 

@@ -1,10 +1,15 @@
 """Pieces shared by several distillers: projectors and the batch-entity feature template (spec §4.0)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ..backbones import BackboneOutput
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone
 
 
 def make_projector(kind: str, d_in: int, d_out: int, hidden: int | None = None) -> nn.Module:
@@ -33,7 +38,7 @@ def template_sum(l_users: torch.Tensor, l_pos: torch.Tensor, l_neg: torch.Tensor
     return l_users.sum() + 0.5 * (l_pos.sum() + l_neg.sum())
 
 
-def student_features(student, out: BackboneOutput, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+def student_features(student: Backbone, out: BackboneOutput, source: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All users' and items' student features of the requested kind, reusing the forward's propagation."""
     if source not in ("final", "raw"):
         raise ValueError(f"feature_source must be 'final' or 'raw', not {source!r}")

@@ -26,12 +26,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from .base import Distiller
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone
+    from ..datasets import Dataset
+    from ..teacher import Teacher
+    from .base import DistillerConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ def expert_hidden(d_s: int, d_t: int, override: int = 0) -> int:
 class ExpertBank(nn.Module):
     """M experts Linear(d_in, h) → ReLU → Linear(h, d_out), evaluated together by two batched GEMMs."""
 
-    def __init__(self, num_experts: int, d_in: int, hidden: int, d_out: int):
+    def __init__(self, num_experts: int, d_in: int, hidden: int, d_out: int) -> None:
         super().__init__()
         self.num_experts, self.d_in, self.hidden, self.d_out = num_experts, d_in, hidden, d_out
         self.w1 = nn.Parameter(torch.empty(num_experts, d_in, hidden))
@@ -112,7 +118,7 @@ class GumbelExperts(nn.Module):
     selection at an annealed temperature: DE's reconstruction, and HTD's group-assignment (GA) network."""
 
     def __init__(self, num_experts: int, d_s: int, d_t: int, hidden: int, t0: float, t_end: float,
-                 anneal_epochs: int):
+                 anneal_epochs: int) -> None:
         super().__init__()
         self.user_experts = ExpertBank(num_experts, d_s, hidden, d_t)
         self.item_experts = ExpertBank(num_experts, d_s, hidden, d_t)
@@ -150,7 +156,7 @@ class GumbelExpertDistiller(Distiller):
 
     expert_count_field: ClassVar[str] = "num_experts"
 
-    def __init__(self, teacher, student, data, cfg):
+    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: DistillerConfig) -> None:
         super().__init__(teacher, student, data, cfg)
         n = getattr(cfg, self.expert_count_field)
         if n < 1:
@@ -158,9 +164,9 @@ class GumbelExpertDistiller(Distiller):
         h = expert_hidden(student.dim, teacher.dim, cfg.expert_hidden)
         self.experts = GumbelExperts(n, student.dim, teacher.dim, h, cfg.T0, cfg.T_end, cfg.anneal_epochs)
 
-    def precompute(self):
+    def precompute(self) -> None:
         self.experts.start(self.teacher.user_repr.device)
 
-    def on_epoch_start(self, epoch):
+    def on_epoch_start(self, epoch: int) -> None:
         self.experts.set_epoch(epoch)
         log.debug("%s epoch %d: Gumbel temperature %.3g", self.name, epoch, self.experts.temperature)

@@ -31,12 +31,12 @@ def min_free_items(data: Dataset) -> int:
     return int(data.n_items - counts.max())
 
 
-def rank_log_weights(n: int, temperature: float, device=None) -> torch.Tensor:
+def rank_log_weights(n: int, temperature: float, device: torch.device | str | None = None) -> torch.Tensor:
     """[n] float64 log-weights −r/T for r = 1..n: p(r) ∝ exp(−r/T) without underflow (list position c = r − 1)."""
     return -torch.arange(1, n + 1, dtype=torch.float64, device=device) / temperature
 
 
-def rank_probs(n: int, temperature: float, device=None) -> torch.Tensor:
+def rank_probs(n: int, temperature: float, device: torch.device | str | None = None) -> torch.Tensor:
     """[n] float64 p(r) ∝ exp(−r/T), r = 1..n, normalised (far tails may underflow to 0; sample from the logs)."""
     return torch.softmax(rank_log_weights(n, temperature, device), 0)
 
@@ -83,7 +83,8 @@ def first_distinct(stream: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     return stream.gather(1, idx), (~dup).sum(1) >= k
 
 
-def sample_distinct(draw: Callable[[torch.Tensor, int], torch.Tensor], n_rows: int, k: int, device,
+def sample_distinct(draw: Callable[[torch.Tensor, int], torch.Tensor], n_rows: int, k: int,
+                    device: torch.device | str,
                     first: int | None = None, max_rounds: int = 12) -> torch.Tensor:
     """[n_rows, k] = the first k distinct values of an i.i.d. stream per row, ``draw(rows, m)`` giving the next m
     values [len(rows), m] of the streams of the (absolute) ``rows``. Oversample, dedupe, and extend only the rows
@@ -117,7 +118,7 @@ def sample_uniform_distinct(users: torch.Tensor, n: int, n_items: int, exclude: 
     draws = free * math.log(free / (free - n)) if free > n + 0.5 else 2.0 * n           # for n distinct of them
     m = int(math.ceil(1.2 * draws * n_items / free)) + 16
 
-    def draw(rows, k):
+    def draw(rows: torch.Tensor, k: int) -> torch.Tensor:
         x = torch.randint(n_items, (len(rows), k), device=dev, generator=generator)
         return x.masked_fill_(exclude.contains(users[rows, None].expand_as(x), x), -1)
 

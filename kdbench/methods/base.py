@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from ..backbones import Backbone, BackboneOutput
 from ..datasets import Dataset
 from ..registry import Registry
 from ..teacher import Teacher
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 DISTILLERS: Registry[type["Distiller"]] = Registry("distiller", "kdbench.distillers")
 
@@ -51,7 +54,7 @@ class Distiller(nn.Module):
     #: defaults of a registered variant (``name.tag``), applied over the backbone defaults
     variant_defaults: ClassVar[dict] = {}
 
-    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: DistillerConfig):
+    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: DistillerConfig) -> None:
         super().__init__()
         self.cfg = cfg
         object.__setattr__(self, "teacher", teacher)   # plain attributes: never submodules (see module doc)
@@ -70,7 +73,7 @@ class Distiller(nn.Module):
         source (with their base classes and the method modules they import)."""
         return (cls,)
 
-    def teacher_parameters(self):
+    def teacher_parameters(self) -> Iterator[nn.Parameter]:
         return self.teacher.parameters() if self.teacher is not None else iter(())
 
     def precompute(self) -> None:
@@ -83,7 +86,8 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
 
-def register_distiller(name: str | None = None, *, override: bool = False):
+def register_distiller(name: str | None = None, *, override: bool = False
+                       ) -> Callable[[type[Distiller]], type[Distiller]]:
     """Class decorator: ``@register_distiller("mykd")`` makes ``--methods mykd`` available."""
     return DISTILLERS.register(name, override=override)
 

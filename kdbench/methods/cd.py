@@ -25,6 +25,7 @@ clamped to min_u |I \\ I_u^+| and n_distill to N_c.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,11 @@ from ..evaluate import full_rank_topk
 from ..scoring import pair_scores
 from ._ranking import min_free_items, rank_log_weights, sample_distinct, sample_ranks, seeded_generator
 from .base import Distiller, DistillerConfig, register_distiller
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone, BackboneOutput
+    from ..datasets import Dataset
+    from ..teacher import Teacher
 
 #: users per chunk when the student guide's top-N_c list is recomputed (bounds the [chunk, N_c] list)
 _CHUNK_USERS = 4096
@@ -54,7 +60,7 @@ class CD(Distiller):
     Config = CDConfig
     backbone_defaults = {"simplex": {"pool_size": 300}}
 
-    def __init__(self, teacher, student, data, cfg):
+    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: CDConfig) -> None:
         super().__init__(teacher, student, data, cfg)
         if cfg.guide not in ("student", "teacher"):
             raise ValueError(f"cd guide must be 'student' or 'teacher', not {cfg.guide!r}")
@@ -66,7 +72,7 @@ class CD(Distiller):
         self.n_distill = min(cfg.n_distill, self.pool_size)
         self.log_w = self.pool = self.samples = self.gen = None
 
-    def precompute(self):
+    def precompute(self) -> None:
         dev = self.teacher.user_repr.device
         self.gen = seeded_generator(dev)
         self.log_w = rank_log_weights(self.pool_size, self.pool_size * self.cfg.temperature, dev)
@@ -75,11 +81,11 @@ class CD(Distiller):
 
     def sample_positions(self) -> torch.Tensor:
         """[n_U, n_distill] distinct list positions, each the better of two rank-aware draws."""
-        def draw(rows, m):
+        def draw(rows: torch.Tensor, m: int) -> torch.Tensor:
             return sample_ranks(self.log_w, len(rows), 2 * m, self.gen, replacement=True).view(-1, m, 2).amin(-1)
         return sample_distinct(draw, self.data.n_users, self.n_distill, self.gen.device)
 
-    def on_epoch_start(self, epoch):
+    def on_epoch_start(self, epoch: int) -> None:
         pos = self.sample_positions()
         if self.cfg.guide == "teacher":
             self.samples = self.pool.gather(1, pos)
@@ -95,7 +101,7 @@ class CD(Distiller):
         self.samples = torch.cat(picked).clone()                                   # [n_U, n_distill]
         self.student.train(was)
 
-    def loss(self, out):
+    def loss(self, out: BackboneOutput) -> dict[str, torch.Tensor]:
         users = torch.unique(out.users)
         items = self.samples[users]
         s_user, s_item = out.all_repr()

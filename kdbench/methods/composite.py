@@ -11,10 +11,18 @@ composition needs nothing from the harness and nothing from the parts beyond the
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from .base import DISTILLERS, Distiller, DistillerConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..backbones import Backbone, BackboneOutput
+    from ..datasets import Dataset
+    from ..teacher import Teacher
 
 
 def _prefix(part: str) -> str:
@@ -24,7 +32,7 @@ def _prefix(part: str) -> str:
 class Composite(Distiller):
     parts: tuple[str, ...] = ()
 
-    def __init__(self, teacher, student, data, cfg):
+    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: DistillerConfig) -> None:
         super().__init__(teacher, student, data, cfg)
         self.members = nn.ModuleList()
         for part in self.parts:
@@ -52,7 +60,7 @@ class Composite(Distiller):
         for m in self.members:
             m.on_epoch_start(epoch)
 
-    def loss(self, out):
+    def loss(self, out: BackboneOutput) -> dict[str, torch.Tensor]:
         terms = {}
         for part, m in zip(self.parts, self.members):
             for name, value in m.loss(out).items():

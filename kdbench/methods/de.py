@@ -25,6 +25,7 @@ and gates are discarded at inference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from ..backbones.base import rows_of
 from ._common import batch_entities, student_features, template_sum
 from ._experts import GumbelExpertDistiller
 from .base import DistillerConfig, register_distiller
+
+if TYPE_CHECKING:
+    from ..backbones import BackboneOutput
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class DE(GumbelExpertDistiller):
     backbone_defaults = {"lightgcn": {"num_experts": 20, "weight": 0.005},
                          "simplex": {"num_experts": 10, "weight": 1.0, "kd_all_negatives": False}}
 
-    def loss(self, out):
+    def loss(self, out: BackboneOutput) -> dict[str, torch.Tensor]:
         s_user, s_item = student_features(self.student, out, self.cfg.feature_source)
         t_user, t_item = self.teacher.repr(self.cfg.feature_source)
         users, pos, neg = batch_entities(out, self.cfg.kd_all_negatives)

@@ -11,6 +11,7 @@ Deviation from KDs ``Fit``: batch entities instead of random users/items, and no
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,11 @@ import torch.nn.functional as F
 from ..backbones.base import rows_of
 from ._common import batch_entities, make_projector, student_features, template_sum
 from .base import Distiller, DistillerConfig, register_distiller
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone, BackboneOutput
+    from ..datasets import Dataset
+    from ..teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -35,17 +41,17 @@ class FitNet(Distiller):
     Config = FitNetConfig
     backbone_defaults = {"simplex": {"kd_all_negatives": False}}
 
-    def __init__(self, teacher, student, data, cfg):
+    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: FitNetConfig) -> None:
         super().__init__(teacher, student, data, cfg)
         self.proj_user = make_projector(cfg.projector, student.dim, teacher.dim)
         self.proj_item = make_projector(cfg.projector, student.dim, teacher.dim)
 
-    def precompute(self):
+    def precompute(self) -> None:
         t_user, t_item = self.teacher.repr(self.cfg.feature_source)
         # ‖t_e‖², constant: the closed form's last term, in float64 like the rest of that expansion
         self.t_sq = (t_user.double().pow(2).sum(-1), t_item.double().pow(2).sum(-1))
 
-    def loss(self, out):
+    def loss(self, out: BackboneOutput) -> dict[str, torch.Tensor]:
         s_user, s_item = student_features(self.student, out, self.cfg.feature_source)
         t_user, t_item = self.teacher.repr(self.cfg.feature_source)
         users, pos, neg = batch_entities(out, self.cfg.kd_all_negatives)
@@ -58,7 +64,7 @@ class FitNet(Distiller):
                     + linear_mse_sum(self.proj_item.weight, rows_of(s_item, items), t_item[items], self.t_sq[1][items],
                                      w_items)}
 
-        def ell(proj, s, t):
+        def ell(proj: torch.nn.Module, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             p = proj(s)
             return ((p - t) ** 2).sum(-1) if self.cfg.loss == "mse" else 1 - F.cosine_similarity(p, t, dim=-1)
 

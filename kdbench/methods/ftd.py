@@ -23,6 +23,7 @@ first negative column (spec §4.0 cap).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,10 @@ import torch.nn.functional as F
 from ..backbones.base import rows_of
 from ._common import batch_entities, student_features
 from .base import Distiller, DistillerConfig, register_distiller
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone, BackboneOutput
+    from ..teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -63,14 +68,14 @@ def topology_loss(s: torch.Tensor, t: torch.Tensor, compute: str = "auto") -> to
     return tt - 2 * (t.T @ s).square().sum() + (s.T @ s).square().sum()
 
 
-def topology_entities(out, all_negatives: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def topology_entities(out: BackboneOutput, all_negatives: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """U_B = uniq(u) and I_B = uniq(P ∪ N) (N capped to the first column when ``all_negatives`` is False)."""
     users, pos, neg = batch_entities(out, all_negatives)
     return users, torch.unique(torch.cat([pos, neg]))
 
 
-def batch_features(student, teacher, out, source: str, users: torch.Tensor, items: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_features(student: Backbone, teacher: Teacher, out: BackboneOutput, source: str, users: torch.Tensor,
+                   items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """s = [S_users; S_items] (differentiable) and t = [T_users; T_items] (constant)."""
     s_user, s_item = student_features(student, out, source)
     t_user, t_item = teacher.repr(source)
@@ -83,7 +88,7 @@ class FTD(Distiller):
     Config = FTDConfig
     backbone_defaults = {"simplex": {"kd_all_negatives": False}}
 
-    def loss(self, out):
+    def loss(self, out: BackboneOutput) -> dict[str, torch.Tensor]:
         users, items = topology_entities(out, self.cfg.kd_all_negatives)
         s, t = batch_features(self.student, self.teacher, out, self.cfg.feature_source, users, items)
         return {"kd_topo": topology_loss(s, t, self.cfg.compute)}

@@ -37,6 +37,7 @@ negative column (spec §4.0 cap). Experts and assignment nets are discarded at i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,11 @@ from ._common import student_features
 from ._experts import GumbelExpertDistiller
 from .base import DistillerConfig, register_distiller
 from .ftd import cosine_matrix, topology_entities
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone, BackboneOutput
+    from ..datasets import Dataset
+    from ..teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class HTD(GumbelExpertDistiller):
 
     expert_count_field = "num_groups"
 
-    def __init__(self, teacher, student, data, cfg):
+    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: HTDConfig) -> None:
         for key, allowed in _CHOICES.items():
             if getattr(cfg, key) not in allowed:
                 raise ValueError(f"htd {key} must be one of {allowed}, not {getattr(cfg, key)!r}")
@@ -122,7 +128,7 @@ class HTD(GumbelExpertDistiller):
         _, inv, counts = torch.unique(z, return_inverse=True, return_counts=True)
         n_groups = len(counts)
 
-        def prototypes(x):
+        def prototypes(x: torch.Tensor) -> torch.Tensor:
             return x.new_zeros(n_groups, x.shape[1]).index_add(0, inv, x) / counts[:, None].to(x.dtype)
 
         with torch.no_grad():
@@ -136,7 +142,7 @@ class HTD(GumbelExpertDistiller):
             cos_t = cosine_matrix(p_t)
         return ((cosine_matrix(p_s) - cos_t) ** 2).sum()
 
-    def loss(self, out):
+    def loss(self, out: BackboneOutput) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         users, items = topology_entities(out, cfg.kd_all_negatives)
         s_user, s_item = student_features(self.student, out, cfg.feature_source)
@@ -162,7 +168,8 @@ class _MaskedGramLoss(torch.autograd.Function):
     product. The blocks are memory-bound (d_s = 20), so the passes over them are what costs."""
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, s: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None
+                ) -> torch.Tensor:
         r = (s @ s.T).sub_(c)
         if mask is not None:
             r.masked_fill_(~mask, 0)
@@ -171,6 +178,6 @@ class _MaskedGramLoss(torch.autograd.Function):
         return torch.dot(flat, flat)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         s, r = ctx.saved_tensors
         return (r @ s).mul_(4 * g), None, None

@@ -11,6 +11,7 @@ Defaults per backbone from KDs (spec §4.2): BPRMF K 50, τ 1, λ 1; LightGCN K 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,11 @@ import torch.nn.functional as F
 from ..evaluate import full_rank_topk
 from ..scoring import pair_scores
 from .base import Distiller, DistillerConfig, register_distiller
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone, BackboneOutput
+    from ..datasets import Dataset
+    from ..teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -35,19 +41,19 @@ class KD(Distiller):
     Config = KDConfig
     backbone_defaults = {"lightgcn": {"tau": 10.0, "weight": 5.0}, "simplex": {"k": 100, "weight": 50.0}}
 
-    def __init__(self, teacher, student, data, cfg):
+    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: KDConfig) -> None:
         super().__init__(teacher, student, data, cfg)
         if cfg.guide not in ("student", "teacher"):
             raise ValueError(f"kd guide must be 'student' or 'teacher', not {cfg.guide!r}")
         self.candidates = None
         self.t_scores = None
 
-    def precompute(self):
+    def precompute(self) -> None:
         if self.cfg.guide == "teacher":
             self.candidates = self.teacher.topk(self.cfg.k)
             self._teacher_scores()
 
-    def on_epoch_start(self, epoch):
+    def on_epoch_start(self, epoch: int) -> None:
         if self.cfg.guide == "student":
             was = self.student.training
             self.student.eval()
@@ -59,13 +65,13 @@ class KD(Distiller):
             self.student.train(was)
         self._teacher_scores()
 
-    def _teacher_scores(self):
+    def _teacher_scores(self) -> None:
         # once per candidate refresh for all users: n_U·K·d_t MACs per epoch instead of per step
         with torch.no_grad():
             users = torch.arange(self.data.n_users, device=self.candidates.device)
             self.t_scores = self.teacher.scores(users, self.candidates)
 
-    def loss(self, out):
+    def loss(self, out: BackboneOutput) -> dict[str, torch.Tensor]:
         users = torch.unique(out.users)
         cand = self.candidates[users]
         s_user, s_item = out.all_repr()

@@ -24,6 +24,7 @@ factor (KDs; the official code does not); log σ via ``logsigmoid``; K is clampe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,11 @@ from ..sampling import PairMembership, sample_excluding
 from ..scoring import pair_scores
 from ._ranking import min_free_items, seeded_generator
 from .base import Distiller, DistillerConfig, register_distiller
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone, BackboneOutput
+    from ..datasets import Dataset
+    from ..teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class RD(Distiller):
     description = "ranking distillation: teacher top-K as position-weighted positives, dynamic under-rank weights"
     Config = RDConfig
 
-    def __init__(self, teacher, student, data, cfg):
+    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: RDConfig) -> None:
         super().__init__(teacher, student, data, cfg)
         if cfg.k < 1 or cfg.n_dynamic < 1 or cfg.temperature <= 0:
             raise ValueError("rd needs k ≥ 1, n_dynamic ≥ 1 and temperature > 0")
@@ -59,7 +65,7 @@ class RD(Distiller):
         self.topk = self.static_w = self.dynamic = self.gen = self.seen = None
         self.dynamic_on = False
 
-    def precompute(self):
+    def precompute(self) -> None:
         dev = self.teacher.user_repr.device
         self.gen = seeded_generator(dev)
         self.topk = self.teacher.topk(self.k)                                       # [n_U, K]
@@ -68,7 +74,7 @@ class RD(Distiller):
         self.static_w = w / w.sum()                                                 # [K]
         self.seen = PairMembership(torch.from_numpy(self.data.train).to(dev), self.data.n_items)
 
-    def on_epoch_start(self, epoch):
+    def on_epoch_start(self, epoch: int) -> None:
         self.dynamic_on = epoch >= self.cfg.start_epoch
         if self.dynamic_on:
             users = torch.arange(self.data.n_users, device=self.topk.device)
@@ -85,7 +91,7 @@ class RD(Distiller):
         w_dyn = torch.tanh(self.cfg.mu * (r_hat - c)).clamp(min=0.0)
         return F.normalize(w * w_dyn, p=1, dim=1)
 
-    def loss(self, out):
+    def loss(self, out: BackboneOutput) -> dict[str, torch.Tensor]:
         users = torch.unique(out.users)
         s_user, s_item = out.all_repr()
         s_top = pair_scores(s_user, s_item, users, self.topk[users])                           # [B, K]

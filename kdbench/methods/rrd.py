@@ -29,6 +29,7 @@ L ≤ min_u |I \\ I_u^+| − N (never binding on the benchmark datasets).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -43,6 +44,11 @@ from ._ranking import (
     seeded_generator,
 )
 from .base import Distiller, DistillerConfig, register_distiller, register_variant
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone, BackboneOutput
+    from ..datasets import Dataset
+    from ..teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class RRD(Distiller):
     backbone_defaults = {"lightgcn": {"k": 50, "l": 100, "weight": 0.01}}
     dataset_defaults = {f"{d}/bprmf": {"temperature": 100.0, "weight": 0.005} for d in ("gowalla", "yelp2018")}
 
-    def __init__(self, teacher, student, data, cfg):
+    def __init__(self, teacher: Teacher | None, student: Backbone, data: Dataset, cfg: RRDConfig) -> None:
         super().__init__(teacher, student, data, cfg)
         if cfg.k < 1 or cfg.l < 0 or cfg.mxk < 1 or cfg.temperature <= 0:
             raise ValueError("rrd needs k ≥ 1, l ≥ 0, mxk ≥ 1 and temperature > 0")
@@ -78,7 +84,7 @@ class RRD(Distiller):
         self.top = self.log_w = self.exclude = self.gen = None
         self.interesting = self.uninteresting = None
 
-    def precompute(self):
+    def precompute(self) -> None:
         dev = self.teacher.user_repr.device
         self.gen = seeded_generator(dev)
         self.top = self.teacher.topk(self.n_top)                                   # [n_U, N], train masked
@@ -95,13 +101,13 @@ class RRD(Distiller):
         pos = sample_ranks(self.log_w, self.data.n_users, self.k, self.gen, replacement=False)
         return self.top.gather(1, pos.sort(dim=1).values)
 
-    def on_epoch_start(self, epoch):
+    def on_epoch_start(self, epoch: int) -> None:
         if self.cfg.sample_interesting:
             self.interesting = self.sample_interesting()
         users = torch.arange(self.data.n_users, device=self.top.device)
         self.uninteresting = sample_uniform_distinct(users, self.l, self.data.n_items, self.exclude, self.gen)
 
-    def loss(self, out):
+    def loss(self, out: BackboneOutput) -> dict[str, torch.Tensor]:
         users = torch.unique(out.users)
         items = torch.cat([self.interesting[users], self.uninteresting[users]], 1)
         s_user, s_item = out.all_repr()
