@@ -3,7 +3,7 @@
     python benchmarks/run_benchmarks.py eval      # full ranking, Gowalla-sized, vs matmul+topk floor
     python benchmarks/run_benchmarks.py epochs    # epoch times: Gowalla students/teacher, CiteULike methods
     python benchmarks/run_benchmarks.py checkpoint  # save/load time of a 2000-d teacher's training state
-    python benchmarks/run_benchmarks.py floors    # lower bounds on KD's, FitNet's and FreqD's epochs
+    python benchmarks/run_benchmarks.py floors    # lower bounds on KD's, FitNet's, FreqD's, RD's, CD's, RRD's epochs
     python benchmarks/run_benchmarks.py all
     python benchmarks/run_benchmarks.py epochs --methods all --no-gowalla --cells citeulike/bprmf,citeulike/lightgcn
 
@@ -273,10 +273,10 @@ def _best_of(fn, reps: int = 5) -> float:
 
 
 def bench_floors(student_epoch_s: float) -> list[dict]:
-    """Lower bounds on three methods' epochs (CiteULike, BPRMF, the spec's 400-d teacher and 20-d student): the
+    """Lower bounds on six methods' epochs (CiteULike, BPRMF, the spec's 400-d teacher and 20-d student): the
     student's own epoch plus only the bare kernels that the method cannot do without, timed here on random data of
-    its shapes — no autograd, no loss, no optimiser, no gathers but FitNet's. If even such a floor misses a speed
-    target, no implementation of the same computation meets it on this machine.
+    its shapes — no autograd, no loss, no optimiser, no gathers but FitNet's and the list scores'. If even such a
+    floor misses a speed target, no implementation of the same computation meets it on this machine.
 
     - kd: the per-epoch ranking of all items for every user that the student guide needs (one matmul + top-50 in
       the evaluator's cache-sized chunks: ``ranking_floor``, as in ``bench_eval``);
@@ -284,7 +284,14 @@ def bench_floors(student_epoch_s: float) -> list[dict]:
       its closed form (the loss and the projector's gradient);
     - freqd: per step, the projector MLP's six GEMMs (forward, input and weight gradients of d_s → h → d_t) on the
       batch's entities, split per side as the two projectors are (the report divides the method's FLOPs by the
-      floor epoch and compares with the dense matmul of the same run)."""
+      floor epoch and compares with the dense matmul of the same run);
+    - rd, cd, rrd (the list methods, at their defaults): per step, the scores of each batch user's list of items
+      (RD: the teacher's top-K; CD: its sampled items; RRD: K interesting + L uninteresting) — the gather of the
+      listed item rows and their dot products with the user rows, and for the items' gradient, which scatter-adds
+      as many rows back, a second gather of the same rows (a scatter moves at least those bytes; ``index_add_``
+      itself takes 2.7–4.4× a gather here) (``list_step``); per epoch, CD's ranking of all items for its
+      top-``pool_size`` guide list and RRD's draws, counted as bare random item ids for its K + L items per user
+      (its Gumbel top-K over each user's teacher list costs more)."""
     from kdbench.datasets import load_dataset
 
     ds = load_dataset("citeulike", DATA)
@@ -322,6 +329,35 @@ def bench_floors(student_epoch_s: float) -> list[dict]:
     flops = steps * 3 * 2 * n_e * (d_s * h + h * d_t)
     out.append({"method": "freqd", "floor_added_s": steps * _best_of(freqd_step, 20), "flops": flops,
                 "what": f"{steps} × projector GEMMs ({n_u} + {n_i} rows, {d_s}→{h}→{d_t})", "target_pct": 50.0})
+    from kdbench.config import resolve_cell
+
+    params = {m: resolve_cell("citeulike", "bprmf", m, 0, PROFILE, {})["method"]["params"] for m in ("rd", "cd", "rrd")}
+    users_t, items_t = rnd(ds.n_users, d_s), rnd(ds.n_items, d_s)
+
+    def list_step(m: int):
+        idx = torch.randint(ds.n_items, (n_u * m,), generator=g)
+        u = users_t[:n_u, :, None]
+
+        def run():
+            rows = items_t.index_select(0, idx)
+            torch.bmm(rows.view(n_u, m, d_s), u)     # the scores
+            items_t.index_select(0, idx)             # stands for the items' gradient (see above)
+        return run
+
+    k_rd, k_cd = params["rd"]["k"], params["cd"]["n_distill"]
+    out.append({"method": "rd", "floor_added_s": steps * _best_of(list_step(k_rd), 20),
+                "what": f"{steps} × list scores {n_u}×{k_rd}", "target_x": 2.0})
+    pool = params["cd"]["pool_size"]
+    out.append({"method": "cd", "floor_added_s": _best_of(ranking_floor(users_t, items_t, pool))
+                + steps * _best_of(list_step(k_cd), 20),
+                "what": f"ranking {ds.n_users}×{ds.n_items}, top-{pool}; {steps} × list scores {n_u}×{k_cd}",
+                "target_x": 2.0})
+    p = params["rrd"]
+    rrd_s = _best_of(lambda: torch.randint(ds.n_items, (ds.n_users, p["k"] + p["l"]), generator=g)) \
+        + steps * _best_of(list_step(p["k"] + p["l"]), 20)
+    out.append({"method": "rrd", "floor_added_s": rrd_s,
+                "what": f"draws {ds.n_users}×{p['k'] + p['l']}; {steps} × list scores {n_u}×{p['k'] + p['l']}",
+                "target_x": 2.0})
     for r in out:
         r["floor_epoch_s"] = student_epoch_s + r["floor_added_s"]
         r["floor_x"] = r["floor_epoch_s"] / student_epoch_s
@@ -453,7 +489,7 @@ def main() -> None:
         results["denormals"] = bench_denormals(args.denormal_fraction)
     if args.what == "floors":  # the methods' measured epochs and their floors, from the same run
         measured = {m: run_child("citeulike", "bprmf", m, "student", str(args.epochs))["epoch_s"]
-                    for m in ("student", "kd", "fitnet", "freqd")}
+                    for m in ("student", "kd", "fitnet", "freqd", "rd", "cd", "rrd")}
         results["floors_student_epoch_s"] = measured["student"]
         results["floors"] = bench_floors(measured["student"])
         for r in results["floors"]:
