@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .backbones import BACKBONES
 from .config import PROFILES, ConfigError, load_config_file, parse_set
@@ -14,6 +15,9 @@ from .datasets import DATASETS, DatasetError
 from .executors import ExecutorError
 from .methods import BUILTIN_METHODS, CORE_METHODS, DISTILLERS
 from .registry import import_plugin_module
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _csv(text: str) -> list[str]:
@@ -65,7 +69,7 @@ def _reference(args: argparse.Namespace) -> str:
     return getattr(args, "against", None) or "student"
 
 
-def _tables(args: argparse.Namespace):
+def _tables(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, list]:
     """(leaderboard, timing, records) of ``args.out``: written to OUT when unfiltered and against ``student``, only
     returned otherwise."""
     from .leaderboard import leaderboard, load_records, ok_records, select_records, timing, write_tables
