@@ -73,6 +73,7 @@ def _tables(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, list]
     """(leaderboard, timing, records) of ``args.out``: written to OUT when unfiltered and against ``student``, only
     returned otherwise."""
     from .leaderboard import leaderboard, load_records, ok_records, select_records, timing, write_tables
+    from .significance import read_paired_tests
 
     _need_cells(args.out)
     filters = _filters(args)
@@ -88,7 +89,7 @@ def _tables(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, list]
     if reference not in finished:
         raise ConfigError(f"--against {reference}: no finished {reference} cell among the records shown "
                           f"(methods there: {', '.join(sorted(finished)) or 'none'})")
-    return leaderboard(recs, reference), timing(recs), recs
+    return leaderboard(recs, reference, read_paired_tests(args.out)), timing(recs), recs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,8 +220,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads_before)
     from .leaderboard import leaderboard, load_records, table_notes
+    from .significance import read_paired_tests
     recs = load_records(runner.out)
-    print(render(leaderboard(recs), "md", notes=table_notes(recs)))
+    print(render(leaderboard(recs, known_tests=read_paired_tests(runner.out)), "md", notes=table_notes(recs)))
     print(f"\n{len(summary.ok)} cells run, {len(summary.skipped)} skipped (done before), {len(summary.busy)} "
           f"running elsewhere, {len(summary.failed)} failed; records in {runner.out / 'cells'}", file=sys.stderr)
     return min(len(summary.failed), 100)

@@ -2,7 +2,8 @@
 
 ``leaderboard.csv`` carries, per row, BH-adjusted p-values of the difference from ``student`` (``p_ndcg@20``,
 ``p_recall@20``) and the test used (``p_test``: ``t`` across seeds, ``wilcoxon`` across users); see
-``significance.py``. A printed leaderboard may refer its gains and tests to another method instead
+``significance.py``; ``paired_tests.csv`` keeps the raw p-values of the per-user tests for machines without the
+cells' ``.npz`` files. A printed leaderboard may refer its gains and tests to another method instead
 (``kdbench leaderboard OUT --against freqd.nofilter``)."""
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import pandas as pd
 
 from .evaluate import METRICS
 from .records import atomic_write_text
-from .significance import MIN_SEEDS_FOR_T, TESTS, p_values
+from .significance import (
+    MIN_SEEDS_FOR_T,
+    PAIRED_TESTS_FILE,
+    TESTS,
+    merge_paired_tests,
+    p_values,
+    paired_tests,
+    read_paired_tests,
+)
 
 TESTED = ("ndcg@20", "recall@20")   # the metrics that get a significance test against the reference
 ALPHA = 0.05
@@ -64,17 +73,25 @@ def _ok_frame(records: list[dict]) -> pd.DataFrame:
         t = r.get("timing") or {}
         rows.append({"dataset": r["dataset"]["name"], "backbone": r["backbone"], "method": r["method"],
                      "seed": r["seed"], **{m: r["metrics"][m] for m in METRICS}, "npz": r.get("_npz"),
+                     "config_hash": r.get("config_hash"),
                      "epoch_s": t.get("epoch_s"), "precompute_s": t.get("precompute_s", 0.0),
                      "eval_s": t.get("eval_s"), "train_s": t.get("train_s"), "peak_rss_mb": t.get("peak_rss_mb")})
     return pd.DataFrame(rows)
 
 
-def leaderboard(records: list[dict], reference: str = "student") -> pd.DataFrame:
+def leaderboard(records: list[dict], reference: str = "student", known_tests: pd.DataFrame | None = None
+                ) -> pd.DataFrame:
     """One row per (dataset, backbone, method): seeds, mean and std of every metric, and the gain over
-    ``reference`` with its BH-adjusted p-values (the CSV contract's columns; ``student`` unless asked otherwise)."""
+    ``reference`` with its BH-adjusted p-values (the CSV contract's columns; ``student`` unless asked otherwise).
+    ``known_tests`` (``read_paired_tests(OUT)``) supplies per-user tests whose ``.npz`` files are not here."""
+    return _leaderboard_and_tests(records, reference, known_tests)[0]
+
+
+def _leaderboard_and_tests(records: list[dict], reference: str, known_tests: pd.DataFrame | None
+                           ) -> tuple[pd.DataFrame, pd.DataFrame]:
     df = _ok_frame(records)
     if df.empty:
-        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+        return pd.DataFrame(columns=LEADERBOARD_COLUMNS), paired_tests(df, TESTED)
     g = df.groupby(["dataset", "backbone", "method"], sort=False)
     mean = g[list(METRICS)].mean()
     std = g[list(METRICS)].std(ddof=1).add_suffix("_std")  # NaN (empty) with a single seed
@@ -83,10 +100,11 @@ def leaderboard(records: list[dict], reference: str = "student") -> pd.DataFrame
         ref = out[out["method"] == reference].set_index(["dataset", "backbone"])[metric]
         base = out.set_index(["dataset", "backbone"]).index.map(lambda k, ref=ref: ref.get(k, np.nan))
         out[f"gain_{metric}_pct"] = (out[metric].to_numpy() / np.asarray(base, dtype=float) - 1) * 100
-    out = out.merge(p_values(df, TESTED, reference), on=["dataset", "backbone", "method"], how="left")
+    tests = paired_tests(df, TESTED, reference, known_tests)
+    out = out.merge(p_values(df, TESTED, reference, tests), on=["dataset", "backbone", "method"], how="left")
     out["_order"] = out["method"].map({m: i for i, m in enumerate(_method_order(out["method"].unique()))})
     out = out.sort_values(["dataset", "backbone", "_order"]).drop(columns="_order")
-    return out[LEADERBOARD_COLUMNS].reset_index(drop=True)
+    return out[LEADERBOARD_COLUMNS].reset_index(drop=True), tests
 
 
 def table_notes(records: list[dict], reference: str = "student") -> str:
@@ -119,9 +137,14 @@ def timing(records: list[dict]) -> pd.DataFrame:
 
 
 def write_tables(out: str | Path, records: list[dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Derive and write OUT's two tables from ``records`` (default: all of OUT's records)."""
+    """Derive and write OUT's two tables from ``records`` (default: all of OUT's records), and the per-user tests'
+    raw p-values to ``paired_tests.csv``."""
     recs = load_records(out) if records is None else records
-    lb, tm = leaderboard(recs), timing(recs)
+    known = read_paired_tests(out)
+    (lb, tests), tm = _leaderboard_and_tests(recs, "student", known), timing(recs)
+    merged = merge_paired_tests(known, tests[tests["test"] == "wilcoxon"])
+    if len(merged) or len(known):
+        atomic_write_text(Path(out) / PAIRED_TESTS_FILE, merged.to_csv(index=False, float_format="%.10g"))
     atomic_write_text(Path(out) / "leaderboard.csv", lb.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(Path(out) / "timing.csv", tm.to_csv(index=False, float_format="%.6g"))
     return lb, tm

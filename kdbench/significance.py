@@ -7,9 +7,17 @@ BH-corrected per table.
   files (averaged over the common seeds), pairing each user's value under the method and under ``student``.
 The p-values of one metric over all rows of a table are adjusted with Benjamini–Hochberg
 (``scipy.stats.false_discovery_control``): the table reports many comparisons at once.
+
+The per-user files stay on the machine that ran the cells (they are not committed), so each Wilcoxon test's raw
+p-value is kept in ``OUT/paired_tests.csv`` (committed beside the leaderboard), keyed by a digest of the cells on
+both sides (config hash, seed and test metric of each). A clone of the results without the ``.npz`` files, on
+another machine, re-derives the same table from it and can still add cells to the grid; a rerun cell changes its
+key, so a stale p-value is never reused.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +26,8 @@ from scipy import stats
 
 MIN_SEEDS_FOR_T = 3
 TESTS = {"t": "paired t-test across seeds", "wilcoxon": "Wilcoxon signed-rank test across users"}
+PAIRED_TESTS_FILE = "paired_tests.csv"
+PAIRED_TEST_COLUMNS = ["dataset", "backbone", "method", "reference", "metric", "p_raw", "source", "key"]
 
 
 def paired_seed_test(method: pd.Series, student: pd.Series) -> float:
@@ -56,35 +66,100 @@ def paired_user_test(method_npz: list[str], student_npz: list[str], metric: str)
     return float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
 
 
-def p_values(per_seed: pd.DataFrame, metrics: tuple[str, ...], reference: str = "student") -> pd.DataFrame:
-    """BH-adjusted p-values of every (dataset, backbone, method) row against ``reference``.
+def cells_key(method_cells: pd.DataFrame, reference_cells: pd.DataFrame, metric: str) -> str:
+    """Digest of what a per-user test compares: each side's cells (seed, config hash, value of ``metric``)."""
+    side = lambda cells: sorted([int(seed), str(c.get("config_hash")), repr(float(c[metric]))]  # noqa: E731
+                                for seed, c in cells.iterrows())
+    blob = json.dumps({"metric": metric, "method": side(method_cells), "reference": side(reference_cells)})
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
-    ``per_seed`` has one row per ok cell: dataset, backbone, method, seed, the metrics and ``npz`` (path of the
-    cell's per-user file). Returns dataset, backbone, method, ``p_test`` and ``p_<metric>`` per metric (empty for
-    the reference, ``teacher`` and rows without a reference)."""
+
+def read_paired_tests(out: str | Path) -> pd.DataFrame:
+    """``OUT/paired_tests.csv`` (empty when absent): the raw p-values of earlier per-user tests."""
+    path = Path(out) / PAIRED_TESTS_FILE
+    if not path.exists():
+        return pd.DataFrame(columns=PAIRED_TEST_COLUMNS)
+    try:
+        known = pd.read_csv(path, dtype={"key": str, "source": str})
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise ValueError(f"{path}: not a readable CSV ({e}); restore it from git or delete it (its p-values are "
+                         f"then recomputed from the cells' .npz files where they exist)") from e
+    missing = set(PAIRED_TEST_COLUMNS) - set(known.columns)
+    if missing:
+        raise ValueError(f"{path}: columns {', '.join(sorted(missing))} missing; expected "
+                         f"{','.join(PAIRED_TEST_COLUMNS)}")
+    return known[PAIRED_TEST_COLUMNS]
+
+
+def merge_paired_tests(known: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
+    """``tests`` (this table's per-user tests with a p-value) plus the rows of ``known`` about other comparisons
+    (cells not in this table); a comparison in both keeps this table's, so a rerun cell's old p-value goes."""
+    ident = ["dataset", "backbone", "method", "reference", "metric"]
+    done = tests[tests["p_raw"].notna()]
+    current = pd.MultiIndex.from_frame(tests[ident].astype(str))
+    others = known[~pd.MultiIndex.from_frame(known[ident].astype(str)).isin(current)]
+    merged = pd.concat([others, done[PAIRED_TEST_COLUMNS]], ignore_index=True) if len(others) else done
+    return merged[PAIRED_TEST_COLUMNS].sort_values(ident, ignore_index=True)
+
+
+def paired_tests(per_seed: pd.DataFrame, metrics: tuple[str, ...], reference: str = "student",
+                 known: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Raw p-value of every (dataset, backbone, method) row against ``reference``, one row per metric.
+
+    ``per_seed`` has one row per ok cell: dataset, backbone, method, seed, the metrics, ``config_hash`` and ``npz``
+    (path of the cell's per-user file). Columns: ``PAIRED_TEST_COLUMNS`` plus ``test`` (``t`` or ``wilcoxon``).
+    A per-user test whose files are missing takes its p-value from ``known`` (see ``read_paired_tests``) when the
+    key matches, else NaN."""
+    if per_seed.empty:
+        return pd.DataFrame(columns=[*PAIRED_TEST_COLUMNS, "test"])
+    cached = {} if known is None else dict(zip(known["key"], zip(known["p_raw"], known["source"])))
     rows = []
     for (d, b), grp in per_seed.groupby(["dataset", "backbone"], sort=False):
         ref = grp[grp["method"] == reference].set_index("seed")
         for method, cells in grp.groupby("method", sort=False):
-            row = {"dataset": d, "backbone": b, "method": method, "p_test": ""}
             if method in (reference, "teacher") or ref.empty:
-                rows.append(row)
                 continue
             cells = cells.set_index("seed")
             common = cells.index.intersection(ref.index)
             if len(common) == 0:
-                rows.append(row)
                 continue
             use_t = len(common) >= MIN_SEEDS_FOR_T
-            row["p_test"] = "t" if use_t else "wilcoxon"
             for m in metrics:
-                row[f"p_{m}"] = (paired_seed_test(cells[m], ref[m]) if use_t else
-                                 paired_user_test(list(cells.loc[common, "npz"]), list(ref.loc[common, "npz"]), m))
-            rows.append(row)
-    out = pd.DataFrame(rows, columns=["dataset", "backbone", "method", "p_test", *[f"p_{m}" for m in metrics]])
+                row = {"dataset": d, "backbone": b, "method": method, "reference": reference, "metric": m,
+                       "test": "t" if use_t else "wilcoxon", "key": "", "source": "seeds"}
+                if use_t:
+                    row["p_raw"] = paired_seed_test(cells[m], ref[m])
+                else:
+                    row["key"] = cells_key(cells.loc[common], ref.loc[common], m)
+                    row["p_raw"] = paired_user_test(list(cells.loc[common, "npz"]), list(ref.loc[common, "npz"]), m)
+                    row["source"] = "npz"
+                    if np.isnan(row["p_raw"]) and row["key"] in cached:
+                        row["p_raw"], row["source"] = cached[row["key"]]
+                rows.append(row)
+    return pd.DataFrame(rows, columns=[*PAIRED_TEST_COLUMNS, "test"])
+
+
+def p_values(per_seed: pd.DataFrame, metrics: tuple[str, ...], reference: str = "student",
+             tests: pd.DataFrame | None = None) -> pd.DataFrame:
+    """BH-adjusted p-values of every (dataset, backbone, method) row against ``reference``.
+
+    ``tests`` are the rows' raw p-values (``paired_tests``; computed from ``per_seed`` when not given). Returns
+    dataset, backbone, method, ``p_test`` and ``p_<metric>`` per metric (empty for the reference, ``teacher`` and
+    rows without a reference)."""
+    tests = paired_tests(per_seed, metrics, reference) if tests is None else tests
+    keys = ["dataset", "backbone", "method"]
+    out = per_seed[keys].drop_duplicates().reset_index(drop=True)
+    if tests.empty:
+        return out.assign(p_test="", **{f"p_{m}": np.nan for m in metrics})
+    wide = tests.pivot_table(index=keys, columns="metric", values="p_raw", aggfunc="first", dropna=False)
+    kind = tests.drop_duplicates(keys).set_index(keys)["test"]
+    idx = pd.MultiIndex.from_frame(out[keys])
+    out["p_test"] = kind.reindex(idx).fillna("").to_numpy()
     for m in metrics:
-        col = out[f"p_{m}"].astype(float)
-        ok = col.notna()
+        col = (wide[m].reindex(idx) if m in wide.columns else pd.Series(np.nan, index=idx)).astype(float)
+        ok = col.notna().to_numpy()
+        adjusted = col.to_numpy(copy=True)
         if ok.any():
-            out.loc[ok, f"p_{m}"] = stats.false_discovery_control(col[ok].to_numpy(), method="bh")
-    return out
+            adjusted[ok] = stats.false_discovery_control(adjusted[ok], method="bh")
+        out[f"p_{m}"] = adjusted
+    return out[[*keys, "p_test", *[f"p_{m}" for m in metrics]]]

@@ -87,3 +87,56 @@ def test_rows_without_a_student_get_no_p_value():
     assert lb["p_test"].fillna("").eq("").all() and lb["p_ndcg@20"].isna().all()
     assert p_values(pd.DataFrame(columns=["dataset", "backbone", "method", "seed", "npz", *METRICS]),
                     ("ndcg@20",)).empty
+
+
+def _write_cell(out, method, seed, value, users, per_user, chash=None):
+    from kdbench.records import write_json
+    rec = _cell(method, seed, value)
+    del rec["_npz"]
+    rec["config_hash"] = chash or f"{method}-{seed}"
+    stem = out / "cells" / f"d__bprmf__{method}__seed{seed}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(stem.with_suffix(".json"), rec)
+    _npz(stem.with_suffix(".npz"), users, per_user)
+
+
+def test_per_user_p_values_survive_without_the_npz_files(tmp_path):
+    """A clone of the results has the records and paired_tests.csv but no .npz: it derives the same table, and a
+    rerun cell (another key) does not reuse the stale p-value."""
+    from kdbench.leaderboard import load_records, write_tables
+    from kdbench.significance import read_paired_tests
+
+    rng = np.random.default_rng(3)
+    users = np.arange(50)
+    base = rng.uniform(0, 0.4, 50)
+    _write_cell(tmp_path, "student", 0, 0.2, users, base)
+    _write_cell(tmp_path, "a", 0, 0.3, users, base + rng.uniform(0, 0.05, 50))
+    _write_cell(tmp_path, "b", 0, 0.2, users, base + rng.normal(0, 0.05, 50))
+    lb, _ = write_tables(tmp_path)
+    tests = read_paired_tests(tmp_path)
+    assert len(tests) == 4 and set(tests["source"]) == {"npz"}
+    raw_a = stats.wilcoxon(np.load(tmp_path / "cells/d__bprmf__a__seed0.npz")["ndcg@20"] - base.astype(np.float32))
+    assert tests.set_index(["method", "metric"]).loc[("a", "ndcg@20"), "p_raw"] == pytest.approx(raw_a.pvalue)
+
+    for f in (tmp_path / "cells").glob("*.npz"):
+        f.unlink()
+    again, _ = write_tables(tmp_path)
+    pd.testing.assert_frame_equal(again, lb)
+    assert read_paired_tests(tmp_path).equals(tests)
+
+    # b rerun with another result: its old test no longer applies; a's still does (BH now over one row)
+    _write_cell(tmp_path, "b", 0, 0.25, users, base, chash="b-0-rerun")
+    (tmp_path / "cells/d__bprmf__b__seed0.npz").unlink()
+    rows = write_tables(tmp_path)[0].set_index("method")
+    assert pd.isna(rows.loc["b", "p_ndcg@20"]) and rows.loc["b", "p_test"] == "wilcoxon"
+    assert rows.loc["a", "p_ndcg@20"] == pytest.approx(raw_a.pvalue)
+    assert set(read_paired_tests(tmp_path)["method"]) == {"a"}
+    assert len(load_records(tmp_path)) == 3
+
+
+def test_unreadable_paired_tests_file_is_a_clear_error(tmp_path):
+    from kdbench.leaderboard import write_tables
+    (tmp_path / "paired_tests.csv").write_text("dataset,method\nd,a\n")
+    _write_cell(tmp_path, "student", 0, 0.2, np.arange(5), np.zeros(5))
+    with pytest.raises(ValueError, match=r"paired_tests.csv: columns .*key.* missing"):
+        write_tables(tmp_path)

@@ -41,6 +41,7 @@ for npz in sorted(glob.glob(os.path.join(cells, "*.npz"))):
         ndcg.append(sum(h / math.log2(r + 2) for r, h in enumerate(hits))
                     / sum(1 / math.log2(r + 2) for r in range(min(len(g), 20))))
     assert set(int(u) for u in z["users"]) == set(test), "users differ from the rebuilt test split"
-    ok = abs(np.mean(recall) - rec["metrics"]["recall@20"]) < 1e-6 and abs(np.mean(ndcg) - rec["metrics"]["ndcg@20"]) < 1e-6
+    ok = (abs(np.mean(recall) - rec["metrics"]["recall@20"]) < 1e-6
+          and abs(np.mean(ndcg) - rec["metrics"]["ndcg@20"]) < 1e-6)
     print(f"{os.path.basename(npz):45s} recall@20 {np.mean(recall):.6f} ndcg@20 {np.mean(ndcg):.6f} "
           f"record {rec['metrics']['recall@20']:.6f} {rec['metrics']['ndcg@20']:.6f} {'OK' if ok else 'MISMATCH'}")
