@@ -30,7 +30,7 @@ ALPHA = 0.05
 LEADERBOARD_COLUMNS = (["dataset", "backbone", "method", "seeds", *METRICS, *[f"{m}_std" for m in METRICS],
                         "gain_ndcg@20_pct", "gain_recall@20_pct", *[f"p_{m}" for m in TESTED], "p_test"])
 TIMING_COLUMNS = ["dataset", "backbone", "method", "epoch_s", "overhead_x", "precompute_s", "eval_s", "train_s",
-                  "peak_rss_mb"]
+                  "peak_rss_mb", "machine"]
 
 
 def load_records(out: str | Path) -> list[dict]:
@@ -67,13 +67,22 @@ def ok_records(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("status") == "ok" and r.get("metrics")]
 
 
+def machine(record: dict) -> str:
+    """What a cell's times were measured on: CPU model, threads and device (e.g. ``AMD EPYC, 1 thread``)."""
+    env = record.get("environment") or {}
+    threads = env.get("threads")
+    text = f"{env.get('cpu') or 'unknown CPU'}, {threads} thread{'' if threads == 1 else 's'}"
+    device = env.get("device", "cpu")
+    return text if str(device).startswith("cpu") else f"{text}, {device}"
+
+
 def _ok_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in ok_records(records):
         t = r.get("timing") or {}
         rows.append({"dataset": r["dataset"]["name"], "backbone": r["backbone"], "method": r["method"],
                      "seed": r["seed"], **{m: r["metrics"][m] for m in METRICS}, "npz": r.get("_npz"),
-                     "config_hash": r.get("config_hash"),
+                     "config_hash": r.get("config_hash"), "machine": machine(r),
                      "epoch_s": t.get("epoch_s"), "precompute_s": t.get("precompute_s", 0.0),
                      "eval_s": t.get("eval_s"), "train_s": t.get("train_s"), "peak_rss_mb": t.get("peak_rss_mb")})
     return pd.DataFrame(rows)
@@ -122,15 +131,23 @@ def table_notes(records: list[dict], reference: str = "student") -> str:
 
 def timing(records: list[dict]) -> pd.DataFrame:
     """Per (dataset, backbone, method), the median over seeds of each cell's timing: one cell that shared its cores
-    with other work (a benchmark, a third process) does not move the row, as it would move a mean."""
+    with other work (a benchmark, a third process) does not move the row, as it would move a mean.
+
+    ``machine`` lists what the row's cells ran on; ``overhead_x`` is left empty unless they all ran on the one
+    machine (CPU model, threads, device) that the student's cells ran on: a ratio of times taken on different
+    CPUs or thread counts measures the machines, not the method."""
     df = _ok_frame(records)
     if df.empty:
         return pd.DataFrame(columns=TIMING_COLUMNS)
     cols = ["epoch_s", "precompute_s", "eval_s", "train_s", "peak_rss_mb"]
-    out = df.groupby(["dataset", "backbone", "method"], sort=False)[cols].median().reset_index()
-    ref = out[out["method"] == "student"].set_index(["dataset", "backbone"])["epoch_s"]
-    base = out.set_index(["dataset", "backbone"]).index.map(lambda k: ref.get(k, np.nan))
-    out["overhead_x"] = out["epoch_s"].to_numpy() / np.asarray(base, dtype=float)
+    g = df.groupby(["dataset", "backbone", "method"], sort=False)
+    out = pd.concat([g[cols].median(), g["machine"].agg(lambda m: "; ".join(sorted(set(m))))], axis=1).reset_index()
+    ref = out[out["method"] == "student"].set_index(["dataset", "backbone"])
+    keys = out.set_index(["dataset", "backbone"]).index
+    base = np.asarray(keys.map(lambda k: ref["epoch_s"].get(k, np.nan)), dtype=float)
+    same = (np.asarray(keys.map(lambda k: ref["machine"].get(k)), dtype=object) == out["machine"].to_numpy()) \
+        & ~out["machine"].str.contains(";").to_numpy()
+    out["overhead_x"] = np.where(same, out["epoch_s"].to_numpy() / base, np.nan)
     out["_order"] = out["method"].map({m: i for i, m in enumerate(_method_order(out["method"].unique()))})
     out = out.sort_values(["dataset", "backbone", "_order"]).drop(columns="_order")
     return out[TIMING_COLUMNS].reset_index(drop=True)

@@ -94,3 +94,21 @@ def test_against_refers_gains_and_tests_to_another_method(partial_grid, capsys):
 
     assert main(["leaderboard", str(partial_grid), "--against", "rrd"]) == 2
     assert "--against rrd: no finished rrd cell" in capsys.readouterr().err
+
+
+def test_overhead_needs_the_students_machine(tmp_path):
+    """Times from another CPU or thread count are shown with their machine, but not divided by the student's."""
+    def on(rec, cpu="Test CPU", threads=1):
+        rec["environment"] = {**rec["environment"], "cpu": cpu, "threads": threads}
+        return rec
+    recs = [on(make_record("student", s, 0.1, epoch_s=0.5)) for s in range(2)]
+    recs += [on(make_record("kd", s, 0.1, epoch_s=1.0)) for s in range(2)]
+    recs += [on(make_record("de", 0, 0.1, epoch_s=9.0), threads=2)]
+    recs += [on(make_record("rd", 0, 0.1, epoch_s=1.5)), on(make_record("rd", 1, 0.1, epoch_s=2.5), cpu="Other CPU")]
+    write_cells(tmp_path, recs)
+    assert main(["timing", str(tmp_path), "--format", "csv"]) == 0
+    tm = pd.read_csv(tmp_path / "timing.csv").set_index("method")
+    assert tm.loc["kd", "overhead_x"] == pytest.approx(2.0) and tm.loc["kd", "machine"] == "Test CPU, 1 thread"
+    assert pd.isna(tm.loc["de", "overhead_x"]) and tm.loc["de", "machine"] == "Test CPU, 2 threads"
+    assert pd.isna(tm.loc["rd", "overhead_x"]) and tm.loc["rd", "machine"] == "Other CPU, 1 thread; Test CPU, 1 thread"
+    assert tm.loc["de", "epoch_s"] == pytest.approx(9.0)
