@@ -39,22 +39,32 @@ def paired_seed_test(method: pd.Series, student: pd.Series) -> float:
     return float(stats.ttest_rel(method[seeds], student[seeds]).pvalue)
 
 
-def _user_vector(npz_paths: list[str], metric: str) -> pd.Series | None:
-    """Per-user metric averaged over the given cells' npz files (indexed by the dataset's user ids)."""
+def _user_vector(npz_paths: list[str], metric: str, expected: list[float] | None = None) -> pd.Series | None:
+    """Per-user metric averaged over the given cells' npz files (indexed by the dataset's user ids). ``expected``:
+    each cell's recorded mean, which its file must reproduce (a file left by another run of the cell must not be
+    paired with this record)."""
     parts = []
-    for path in npz_paths:
+    for k, path in enumerate(npz_paths):
         if not path or not Path(path).exists():
             return None
         with np.load(path) as z:
             if metric not in z.files:
                 return None
-            parts.append(pd.Series(z[metric], index=z["users"]))
+            values = pd.Series(z[metric], index=z["users"])
+        if expected is not None and not np.isclose(values.mean(), expected[k], rtol=1e-5, atol=1e-7):
+            raise ValueError(f"{path}: mean {metric} {values.mean():.6g} differs from its record's "
+                             f"{expected[k]:.6g}: the file is from another run of the cell; delete it (the "
+                             f"p-value then comes from {PAIRED_TESTS_FILE}) or rerun the cell")
+        parts.append(values)
     return pd.concat(parts, axis=1).mean(axis=1) if parts else None
 
 
-def paired_user_test(method_npz: list[str], student_npz: list[str], metric: str) -> float:
-    """Two-sided Wilcoxon signed-rank test over users (NaN when a per-user file is missing)."""
-    a, b = _user_vector(method_npz, metric), _user_vector(student_npz, metric)
+def paired_user_test(method_npz: list[str], student_npz: list[str], metric: str,
+                     expected: tuple[list[float], list[float]] | None = None) -> float:
+    """Two-sided Wilcoxon signed-rank test over users (NaN when a per-user file is missing). ``expected``: the
+    recorded means of the two sides' cells, checked against their files."""
+    a = _user_vector(method_npz, metric, None if expected is None else expected[0])
+    b = _user_vector(student_npz, metric, None if expected is None else expected[1])
     if a is None or b is None:
         return float("nan")
     users = a.index.intersection(b.index)
@@ -131,7 +141,8 @@ def paired_tests(per_seed: pd.DataFrame, metrics: tuple[str, ...], reference: st
                     row["p_raw"] = paired_seed_test(cells[m], ref[m])
                 else:
                     row["key"] = cells_key(cells.loc[common], ref.loc[common], m)
-                    row["p_raw"] = paired_user_test(list(cells.loc[common, "npz"]), list(ref.loc[common, "npz"]), m)
+                    row["p_raw"] = paired_user_test(list(cells.loc[common, "npz"]), list(ref.loc[common, "npz"]), m,
+                                                    (list(cells.loc[common, m]), list(ref.loc[common, m])))
                     row["source"] = "npz"
                     if np.isnan(row["p_raw"]) and row["key"] in cached:
                         row["p_raw"], row["source"] = cached[row["key"]]

@@ -62,8 +62,8 @@ def test_three_seeds_use_t_fewer_use_wilcoxon_and_bh_adjusts(tmp_path):
 
     # one seed: per-user Wilcoxon from the npz files
     base = rng.uniform(0, 0.4, 30)
-    one = [_cell("student", 0, 0.2, _npz(tmp_path / "s0.npz", users, base)),
-           _cell("a", 0, 0.3, _npz(tmp_path / "a0.npz", users, base + 0.05))]
+    one = [_cell("student", 0, np.float32(base).mean(), _npz(tmp_path / "s0.npz", users, base)),
+           _cell("a", 0, np.float32(base + 0.05).mean(), _npz(tmp_path / "a0.npz", users, base + 0.05))]
     row = leaderboard(one).set_index("method").loc["a"]
     assert row["p_test"] == "wilcoxon" and row["p_ndcg@20"] < 1e-5
 
@@ -89,9 +89,9 @@ def test_rows_without_a_student_get_no_p_value():
                     ("ndcg@20",)).empty
 
 
-def _write_cell(out, method, seed, value, users, per_user, chash=None):
+def _write_cell(out, method, seed, users, per_user, chash=None):
     from kdbench.records import write_json
-    rec = _cell(method, seed, value)
+    rec = _cell(method, seed, float(np.asarray(per_user, dtype=np.float32).mean()))
     del rec["_npz"]
     rec["config_hash"] = chash or f"{method}-{seed}"
     stem = out / "cells" / f"d__bprmf__{method}__seed{seed}"
@@ -109,9 +109,9 @@ def test_per_user_p_values_survive_without_the_npz_files(tmp_path):
     rng = np.random.default_rng(3)
     users = np.arange(50)
     base = rng.uniform(0, 0.4, 50)
-    _write_cell(tmp_path, "student", 0, 0.2, users, base)
-    _write_cell(tmp_path, "a", 0, 0.3, users, base + rng.uniform(0, 0.05, 50))
-    _write_cell(tmp_path, "b", 0, 0.2, users, base + rng.normal(0, 0.05, 50))
+    _write_cell(tmp_path, "student", 0, users, base)
+    _write_cell(tmp_path, "a", 0, users, base + rng.uniform(0, 0.05, 50))
+    _write_cell(tmp_path, "b", 0, users, base + rng.normal(0, 0.05, 50))
     lb, _ = write_tables(tmp_path)
     tests = read_paired_tests(tmp_path)
     assert len(tests) == 4 and set(tests["source"]) == {"npz"}
@@ -125,7 +125,7 @@ def test_per_user_p_values_survive_without_the_npz_files(tmp_path):
     assert read_paired_tests(tmp_path).equals(tests)
 
     # b rerun with another result: its old test no longer applies; a's still does (BH now over one row)
-    _write_cell(tmp_path, "b", 0, 0.25, users, base, chash="b-0-rerun")
+    _write_cell(tmp_path, "b", 0, users, base + 0.01, chash="b-0-rerun")
     (tmp_path / "cells/d__bprmf__b__seed0.npz").unlink()
     rows = write_tables(tmp_path)[0].set_index("method")
     assert pd.isna(rows.loc["b", "p_ndcg@20"]) and rows.loc["b", "p_test"] == "wilcoxon"
@@ -137,6 +137,19 @@ def test_per_user_p_values_survive_without_the_npz_files(tmp_path):
 def test_unreadable_paired_tests_file_is_a_clear_error(tmp_path):
     from kdbench.leaderboard import write_tables
     (tmp_path / "paired_tests.csv").write_text("dataset,method\nd,a\n")
-    _write_cell(tmp_path, "student", 0, 0.2, np.arange(5), np.zeros(5))
+    _write_cell(tmp_path, "student", 0, np.arange(5), np.zeros(5))
     with pytest.raises(ValueError, match=r"paired_tests.csv: columns .*key.* missing"):
         write_tables(tmp_path)
+
+
+def test_an_npz_from_another_run_of_the_cell_is_refused(tmp_path):
+    """A per-user file whose mean is not its record's (left by another run) is never paired with the record."""
+    from kdbench.leaderboard import write_tables
+    users = np.arange(20)
+    _write_cell(tmp_path, "student", 0, users, np.linspace(0, 0.4, 20))
+    _write_cell(tmp_path, "a", 0, users, np.linspace(0.1, 0.5, 20))
+    _npz(tmp_path / "cells/d__bprmf__a__seed0.npz", users, np.linspace(0.2, 0.6, 20))  # another run's file
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=r"d__bprmf__a__seed0.npz: mean ndcg@20 0.4 differs from its record's 0.3"):
+        write_tables(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
