@@ -88,20 +88,43 @@ def test_symmetric_spmm_gradient(graph):
     torch.testing.assert_close(g, 2 * dense @ (dense @ x.detach()), atol=1e-5, rtol=1e-5)
 
 
-def test_cosine_distance_equals_the_normalize_form_with_gradients():
-    from kdbench.methods.freqd import cosine_distance
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_projected_cosine_loss_matches_autograd_in_chunks(kind, monkeypatch):
+    """FreqD's fused loss (gradients computed chunk by chunk in the forward) against autograd through the plain
+    ``1 − (F.normalize(proj(s)) * t).sum(-1)``: value and gradients of the student rows and the projector."""
+    from kdbench.methods import freqd
+    from kdbench.methods._common import make_projector
+    monkeypatch.setattr(freqd, "FUSED_CHUNK_BYTES", 4 * 6 * 3)  # 3 rows per chunk: 11 rows -> 4 chunks
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(7, 5, generator=g, requires_grad=True)
-    t = torch.nn.functional.normalize(torch.randn(7, 5, generator=g), dim=-1)
-    a = cosine_distance(x, t)
-    b = 1 - (torch.nn.functional.normalize(x, dim=-1) * t).sum(-1)
-    torch.testing.assert_close(a, b)
-    w = torch.randn(7, generator=g)  # unequal upstream gradients per row
-    torch.testing.assert_close(torch.autograd.grad((a * w).sum(), x)[0], torch.autograd.grad((b * w).sum(), x)[0])
-    # a row of zero norm: the eps branch, where F.normalize divides by eps instead of the norm
-    z = torch.zeros(1, 5, dtype=torch.float64, requires_grad=True)
-    tz = t[:1].double()
-    ga, = torch.autograd.grad(cosine_distance(z, tz).sum(), z)
-    gb, = torch.autograd.grad((1 - (torch.nn.functional.normalize(z, dim=-1) * tz).sum(-1)).sum(), z)
-    torch.testing.assert_close(ga, gb)
-    assert torch.autograd.gradcheck(lambda y: cosine_distance(y, t.double()), x.detach().double().requires_grad_())
+    torch.manual_seed(0)
+    proj = make_projector(kind, 5, 6).double()
+    s = torch.randn(11, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    table = torch.nn.functional.normalize(torch.randn(20, 6, generator=g, dtype=torch.float64), dim=-1)
+    rows = torch.randint(20, (11,), generator=g)
+
+    def reference():
+        return 0.5 * (1 - (torch.nn.functional.normalize(proj(s), dim=-1) * table[rows]).sum(-1)).sum()
+
+    params = [s, *proj.parameters()]
+    fused = freqd.projected_cosine_loss(proj, s, table, rows, 0.5)
+    torch.testing.assert_close(fused, reference())
+    for a, b in zip(torch.autograd.grad(3 * fused, params), torch.autograd.grad(3 * reference(), params)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda x, *p: freqd.projected_cosine_loss(proj, x, table, rows), params)
+    with torch.no_grad():  # value only
+        torch.testing.assert_close(freqd.projected_cosine_loss(proj, s, table, rows, 0.5), reference())
+    assert table.grad is None
+
+
+def test_projected_cosine_loss_at_a_zero_output_uses_eps_as_normalize_does():
+    from kdbench.methods.freqd import projected_cosine_loss
+    proj = torch.nn.Linear(3, 4, bias=False).double()
+    s = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)   # y = 0: the eps branch
+    t = torch.nn.functional.normalize(torch.randn(2, 4, dtype=torch.float64), dim=-1)
+    ga = torch.autograd.grad(projected_cosine_loss(proj, s, t, torch.arange(2)), [s, proj.weight])
+    gb = torch.autograd.grad((1 - (torch.nn.functional.normalize(proj(s), dim=-1) * t).sum(-1)).sum(),
+                             [s, proj.weight])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(TypeError, match="Linear-ReLU-Linear"):
+        projected_cosine_loss(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()), s, t, torch.arange(2))
