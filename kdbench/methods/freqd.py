@@ -19,8 +19,8 @@ row block Â[E, :] times the previous one when that block is a small part of Â 
 as one full product otherwise (CiteULike, Gowalla and Yelp2018 batches of 2,048 pairs: see ``row_block_spmm``).
 Gradients still reach every student row adjacent to the batch. The projector and the cosine
 loss run as one fused step (``projected_cosine_loss``): gradients computed in the forward, chunk by chunk, so
-that no [n_e × d_t] block leaves the cache; same loss, same gradients up to float rounding. Default features are the final
-representations (spec §2.4 decision; the official code uses raw tables: ``feature_source=raw``).
+that no [n_e × d_t] block leaves the cache; same loss, same gradients up to float rounding. Default features are
+the final representations (spec §2.4 decision; the official code uses raw tables: ``feature_source=raw``).
 """
 from __future__ import annotations
 
