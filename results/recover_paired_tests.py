@@ -34,9 +34,13 @@ from kdbench.significance import (
 KEYS = ["dataset", "backbone", "method"]
 
 
-def recover(out: Path, commit: str) -> pd.DataFrame:
-    committed = pd.read_csv(io.StringIO(subprocess.run(["git", "show", f"{commit}:{out}/leaderboard.csv"],
-                                                       check=True, capture_output=True, text=True).stdout))
+def committed_table(out: Path, commit: str) -> pd.DataFrame:
+    """OUT/leaderboard.csv as committed at ``commit``."""
+    return pd.read_csv(io.StringIO(subprocess.run(["git", "show", f"{commit}:{out}/leaderboard.csv"],
+                                                  check=True, capture_output=True, text=True).stdout))
+
+
+def recover(out: Path, committed: pd.DataFrame, commit: str) -> pd.DataFrame:
     records = load_records(out)
     tests = paired_tests(_ok_frame(records), TESTED, "student")
     recovered = []
@@ -60,11 +64,10 @@ def recover(out: Path, commit: str) -> pd.DataFrame:
 
 def main(out: str, commit: str) -> None:
     path = Path(out)
-    rows = recover(path, commit)
+    committed = committed_table(path, commit)
+    rows = recover(path, committed, commit)
     merged = merge_paired_tests(read_paired_tests(path), rows.assign(test="wilcoxon"))
     atomic_write_text(path / PAIRED_TESTS_FILE, merged.to_csv(index=False, float_format="%.10g"))
-    committed = pd.read_csv(io.StringIO(subprocess.run(["git", "show", f"{commit}:{out}/leaderboard.csv"],
-                                                       check=True, capture_output=True, text=True).stdout))
     again = leaderboard(load_records(path), known_tests=merged).set_index(KEYS)
     committed = committed.set_index(KEYS)
     for metric in TESTED:
