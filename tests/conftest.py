@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import write_list_file
+from helpers import write_lightgcn_folder
 
 from kdbench.datasets.synthetic import make_synthetic
 
@@ -23,16 +23,8 @@ def tiny():
 
 @pytest.fixture
 def tiny_folder(tmp_path, tiny):
-    """The tiny dataset written as a LightGCN-format folder (train/valid/test), ids shifted so that they differ
-    from kdbench's internal ones."""
-    folder = tmp_path / "tinyds"
-    folder.mkdir()
-    for split in ("train", "valid", "test"):
-        pairs = getattr(tiny, split).copy()
-        pairs[:, 0] += 1000
-        pairs[:, 1] += 5000
-        write_list_file(folder / f"{split}.txt", pairs)
-    return folder
+    """The tiny dataset written as a LightGCN-format folder (train/valid/test)."""
+    return write_lightgcn_folder(tmp_path / "tinyds", tiny)
 
 
 @pytest.fixture(scope="session")

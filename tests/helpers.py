@@ -72,3 +72,15 @@ def write_list_file(path: Path, pairs: np.ndarray) -> None:
     """``pairs`` as a LightGCN list file: one line per user, ``user item item ...``."""
     lines = [" ".join(map(str, [u, *pairs[pairs[:, 0] == u, 1]])) for u in np.unique(pairs[:, 0])]
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_lightgcn_folder(folder: Path, data) -> Path:
+    """``data``'s train/valid/test splits as a LightGCN-format folder, ids shifted so that they differ from
+    kdbench's internal ones (a loader that forgot to remap would be caught)."""
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        pairs = getattr(data, split).copy()
+        pairs[:, 0] += 1000
+        pairs[:, 1] += 5000
+        write_list_file(folder / f"{split}.txt", pairs)
+    return folder

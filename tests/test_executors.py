@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import summary_counts, write_list_file
+from helpers import summary_counts, write_lightgcn_folder
 
 from kdbench import executors
 from kdbench.cli import main
@@ -44,14 +44,7 @@ def _assert_same_cells(recs, reference):
 def tinyds(tmp_path_factory, tiny):
     """The tiny data as a LightGCN folder like conftest's ``tiny_folder`` (module-scoped, so that one sequential
     reference run serves every test)."""
-    folder = tmp_path_factory.mktemp("data") / "tinyds"
-    folder.mkdir()
-    for split in ("train", "valid", "test"):
-        pairs = getattr(tiny, split).copy()
-        pairs[:, 0] += 1000
-        pairs[:, 1] += 5000
-        write_list_file(folder / f"{split}.txt", pairs)
-    return folder
+    return write_lightgcn_folder(tmp_path_factory.mktemp("data") / "tinyds", tiny)
 
 
 @pytest.fixture(scope="module")
