@@ -478,6 +478,8 @@ def plot_freq(rows: list[dict], path: Path, title: str) -> None:
     labels = [f"[{r['lambda_lo']:.3g}, {r['lambda_hi']:.3g}" + (")" if r["band"] < n_bands - 1 else "]")
               for r in raw if r["method"] == methods[0]]
     value = {(r["method"], r["band"]): r for r in raw}
+    # matplotlib's default cycle has 10 colours: a full grid has more methods, and repeats would be ambiguous
+    palette = plt.get_cmap("tab20").colors if len(methods) > 10 else [f"C{k}" for k in range(10)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, col, shown, ylabel in ((axes[0], "energy_frac", methods, "energy fraction"),
                                    (axes[1], "rel_error", [m for m in methods if m != "teacher"],
@@ -487,11 +489,12 @@ def plot_freq(rows: list[dict], path: Path, title: str) -> None:
             ys = [value[(m, b)][col] for b in range(n_bands)]
             ys = [np.nan if y is None else y for y in ys]
             ax.bar(np.arange(n_bands) + (k - (len(shown) - 1) / 2) * width, ys, width, label=m,
-                   color=f"C{methods.index(m)}")  # one colour per method in both panels
+                   color=palette[methods.index(m)])
         ax.set_xticks(np.arange(n_bands), labels)
         ax.set_xlabel("band of λ (Laplacian eigenvalue; low = smooth)")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize="small")
+    # one colour per method in both panels, so one legend; the left panel's high bands leave room for it
+    axes[0].legend(fontsize="small", ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
     buf = io.BytesIO()
