@@ -222,7 +222,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .leaderboard import leaderboard, load_records, table_notes
     from .significance import read_paired_tests
     recs = load_records(runner.out)
-    print(render(leaderboard(recs, known_tests=read_paired_tests(runner.out)), "md", notes=table_notes(recs)))
+    lb = leaderboard(recs, known_tests=read_paired_tests(runner.out))
+    print(render(lb, "md", notes=table_notes(recs, lb=lb)))
     print(f"\n{len(summary.ok)} cells run, {len(summary.skipped)} skipped (done before), {len(summary.busy)} "
           f"running elsewhere, {len(summary.failed)} failed; records in {runner.out / 'cells'}", file=sys.stderr)
     return min(len(summary.failed), 100)
@@ -262,7 +263,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import render, table_notes
 
     lb, _, recs = _tables(args)
-    print(render(lb, args.format, args.metric, table_notes(recs, _reference(args)), _reference(args)))
+    print(render(lb, args.format, args.metric, table_notes(recs, _reference(args), lb), _reference(args)))
     return 0
 
 

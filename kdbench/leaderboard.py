@@ -116,17 +116,31 @@ def _leaderboard_and_tests(records: list[dict], reference: str, known_tests: pd.
     return out[LEADERBOARD_COLUMNS].reset_index(drop=True), tests
 
 
-def table_notes(records: list[dict], reference: str = "student") -> str:
-    """The footnote of a rendered leaderboard: protocol(s), seeds, what bold and the markers mean."""
+def untested_rows(lb: pd.DataFrame, reference: str = "student") -> list[str]:
+    """``dataset/backbone method`` of the rows compared with ``reference`` but without a p-value: their per-user
+    test needs the ``.npz`` files of the row's cells and of the reference's, and one of them is missing (they
+    stay out of git) with no recorded p-value for the same cells in ``paired_tests.csv``."""
+    compared = ~lb["method"].isin([reference, "teacher"]) & lb["gain_ndcg@20_pct"].notna()
+    rows = lb[compared & lb["p_ndcg@20"].isna()]
+    return [f"{d}/{b} {m}" for d, b, m in zip(rows["dataset"], rows["backbone"], rows["method"])]
+
+
+def table_notes(records: list[dict], reference: str = "student", lb: pd.DataFrame | None = None) -> str:
+    """The footnote of a rendered leaderboard: protocol(s), seeds, what bold and the markers mean, and (given the
+    leaderboard ``lb``) which rows could not be tested."""
     ok = [r for r in records if r.get("status") == "ok"]
     protocols = sorted({r.get("protocol") or r.get("profile", "?") for r in ok})
     seeds = sorted({r["seed"] for r in ok})
+    untested = [] if lb is None else untested_rows(lb, reference)
     return (f"Mean ± std over seeds {', '.join(map(str, seeds))} (std shown with ≥ 2 seeds). Bold: best student "
             f"per dataset/backbone. † : differs from {reference} at BH-adjusted p < {ALPHA} "
             f"({TESTS['t']} with ≥ {MIN_SEEDS_FOR_T} seeds, else {TESTS['wilcoxon']}, which over thousands of "
             f"users flags small differences and says nothing of seed variance; Benjamini–Hochberg over the "
             f"table's rows). Protocol: {'; '.join(protocols)}."
-            + ("" if reference == "student" else f" Gains and tests against {reference}, not student."))
+            + ("" if reference == "student" else f" Gains and tests against {reference}, not student.")
+            + (f" Not tested (the per-user .npz files of these cells or of their {reference}'s are not here; "
+               f"rerun them with --rerun, or run {MIN_SEEDS_FOR_T} seeds for the test across seeds): "
+               f"{', '.join(untested)}." if untested else ""))
 
 
 def timing(records: list[dict]) -> pd.DataFrame:

@@ -132,6 +132,11 @@ def test_per_user_p_values_survive_without_the_npz_files(tmp_path):
     assert rows.loc["a", "p_ndcg@20"] == pytest.approx(raw_a.pvalue)
     assert set(read_paired_tests(tmp_path)["method"]) == {"a"}
     assert len(load_records(tmp_path)) == 3
+    # the rendered footnote names the row that could not be tested, and only it
+    notes = table_notes(load_records(tmp_path), lb=rows.reset_index())
+    assert notes.endswith("Not tested (the per-user .npz files of these cells or of their student's are not here; "
+                          "rerun them with --rerun, or run 3 seeds for the test across seeds): d/bprmf b.")
+    assert "Not tested" not in table_notes(load_records(tmp_path), lb=lb)
 
 
 def test_unreadable_paired_tests_file_is_a_clear_error(tmp_path):
