@@ -87,6 +87,8 @@ class Executor(ABC):
     #: teachers already trained instead of idling until the last teacher is done. Executors that start many tasks
     #: at once (cluster job arrays) keep two phases, so that no job holds a slot while waiting on a teacher.
     pulls_in_order: bool = False
+    #: tasks it runs at once (``--workers``): with fewer teachers than that, the grid keeps two phases (below)
+    workers: int = 1
 
     @abstractmethod
     def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
@@ -105,15 +107,18 @@ class LocalExecutor(Executor):
         _check_workers(workers)
         check_threads(threads)
         self.workers, self.fixed_threads = workers, threads
-        self.threads = threads or threads_per_worker(workers)
+        self.threads = threads or threads_per_worker(workers)   # per task when every worker has one
 
     def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
-        if self.workers == 1 or len(tasks) <= 1:  # here, with every core (a lone teacher need not wait on 1 thread)
-            lone = self.fixed_threads or (threads_per_worker(1) if self.workers > 1 else None)
-            return [run_task(settings, tag, task, lone) for tag, task in tasks]
+        # Fewer tasks than workers (a phase of one or two teachers): each task takes the cores of the workers it
+        # leaves idle, so that a lone teacher does not train on one thread of two.
+        jobs = min(self.workers, len(tasks))
+        threads = self.threads if jobs == self.workers else self.fixed_threads or threads_per_worker(jobs)
+        if jobs <= 1:  # here, in this process
+            return [run_task(settings, tag, task, threads) for tag, task in tasks]
         from joblib import Parallel, delayed
-        return Parallel(n_jobs=self.workers, backend="loky", batch_size=1)(
-            delayed(run_task)(settings, tag, task, self.threads) for tag, task in tasks)
+        return Parallel(n_jobs=jobs, backend="loky", batch_size=1)(
+            delayed(run_task)(settings, tag, task, threads) for tag, task in tasks)
 
 
 class DaskExecutor(Executor):

@@ -229,7 +229,10 @@ class GridRunner:
         summary = GridSummary()
         n = len(teachers) + len(cells)
         numbered = [(f"[{i}/{n}]", t) for i, t in enumerate(teachers + cells, 1)]
-        one_map = executor is not None and executor.pulls_in_order
+        # One map only when the teachers alone keep every worker busy: with fewer, a worker with no teacher left
+        # would take a cell of a teacher still in training and wait on its lock while that teacher trains on a
+        # share of the cores; two phases give a lone teacher all of them (LocalExecutor.map).
+        one_map = executor is not None and executor.pulls_in_order and len(teachers) >= executor.workers
         phases = (numbered,) if one_map else (numbered[:len(teachers)], numbered[len(teachers):])
         try:
             for phase in phases:

@@ -237,10 +237,17 @@ def test_peak_memory_is_reset_between_cells():
     assert peak_rss_mb() < before - 300
 
 
-@pytest.mark.parametrize("in_order", [True, False])
-def test_executors_that_pull_in_order_get_teachers_and_cells_in_one_map(tmp_path, tinyds, in_order):
+@pytest.mark.parametrize("in_order, workers, seeds, one_map", [
+    (True, 2, [0, 1], True),     # two teachers keep both workers busy
+    (True, 3, [0, 1], False),    # a third worker would only wait on a teacher in training
+    (True, 2, [0], False),       # a lone teacher gets the cores of a phase of its own
+    (False, 1, [0, 1], False),   # executors that start everything at once keep two phases
+])
+def test_teachers_and_cells_share_one_map_only_when_the_teachers_fill_every_worker(tmp_path, tinyds, in_order,
+                                                                                     workers, seeds, one_map):
     """One map (teachers first, then cells seed by seed) lets a free worker start cells of trained teachers while
-    another teacher trains; executors that start everything at once keep two phases."""
+    another teacher trains; with fewer teachers than workers, or executors that start everything at once, the
+    teachers run as a phase of their own."""
     from kdbench.executors import Executor, run_task
     from kdbench.grid import GridRunner
 
@@ -253,8 +260,21 @@ def test_executors_that_pull_in_order_get_teachers_and_cells_in_one_map(tmp_path
             return [run_task(settings, tag, task) for tag, task in tasks]
 
     ex = Recording()
+    ex.workers = workers
     summary = GridRunner(tmp_path / "o", cache_dir=tmp_path / "c", quiet=True).run(
-        [str(tinyds)], ["bprmf"], ["student", "kd"], [0, 1], "quick", {"train.max_epochs": 2}, executor=ex)
-    assert not summary.failed and len(summary.ok) == 6
-    kinds = ["teacher"] * 2 + ["method"] * 4
-    assert ex.calls == ([kinds] if in_order else [kinds[:2], kinds[2:]])
+        [str(tinyds)], ["bprmf"], ["student", "kd"], seeds, "quick", {"train.max_epochs": 2}, executor=ex)
+    assert not summary.failed and len(summary.ok) == 3 * len(seeds)
+    kinds = ["teacher"] * len(seeds) + ["method"] * (2 * len(seeds))
+    assert ex.calls == ([kinds] if one_map else [kinds[:len(seeds)], kinds[len(seeds):]])
+
+
+@pytest.mark.parametrize("fixed, expected", [(None, threads_per_worker(1)), (1, 1)])
+def test_a_lone_task_of_a_multi_worker_executor_takes_every_core(monkeypatch, fixed, expected):
+    """A phase with fewer tasks than workers (one teacher, two workers) runs here with the idle workers' cores,
+    unless --threads fixes the count."""
+    seen = []
+    monkeypatch.setattr(executors, "run_task", lambda settings, tag, task, threads=None: seen.append(threads) or
+                        (task, "ok"))
+    ex = executors.LocalExecutor(workers=2, threads=fixed)
+    assert ex.map(None, [("[1/1]", "teacher-task")]) == [("teacher-task", "ok")]
+    assert seen == [expected]
