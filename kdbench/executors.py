@@ -107,13 +107,17 @@ class LocalExecutor(Executor):
         _check_workers(workers)
         check_threads(threads)
         self.workers, self.fixed_threads = workers, threads
-        self.threads = threads or threads_per_worker(workers)   # per task when every worker has one
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads per task when every worker has one."""
+        return self.fixed_threads or threads_per_worker(self.workers)
 
     def map(self, settings: RunnerSettings, tasks: list[tuple[str, CellTask]]) -> list[tuple[str, str]]:
         # Fewer tasks than workers (a phase of one or two teachers): each task takes the cores of the workers it
         # leaves idle, so that a lone teacher does not train on one thread of two.
         jobs = min(self.workers, len(tasks))
-        threads = self.threads if jobs == self.workers else self.fixed_threads or threads_per_worker(jobs)
+        threads = self.fixed_threads or threads_per_worker(jobs)
         if jobs <= 1:  # here, in this process
             return [run_task(settings, tag, task, threads) for tag, task in tasks]
         from joblib import Parallel, delayed
